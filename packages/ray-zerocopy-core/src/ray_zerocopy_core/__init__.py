@@ -1,0 +1,80 @@
+"""ray-zerocopy core: share PyTorch models across Ray workers with one copy per node.
+
+The eager ``nn.Module`` backend, the backend registry, and the task and actor modes.
+Most users import from ``ray_zerocopy`` (the meta package), which re-exports all this.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from ray_zerocopy_core.backend import Backend, LoadOptions, ModelPayload
+from ray_zerocopy_core.errors import (
+    BackendError,
+    BackendNotInstalledError,
+    ObjectStoreCapacityError,
+    PipelineError,
+    UnsupportedModelError,
+    WeightsUnavailableError,
+    WrapperReleasedError,
+    WrongModeError,
+    ZeroCopyError,
+)
+from ray_zerocopy_core.legacy import (
+    load_model_in_actor,
+    load_pipeline_in_actor,
+    prepare_model_for_actors,
+    rewrite_pipeline,
+    rewrite_pipeline_for_actors,
+)
+from ray_zerocopy_core.modes.task import RemoteModel
+from ray_zerocopy_core.registry import (
+    ENTRY_POINT_GROUP,
+    backend_for,
+    backend_names,
+    broken_backends,
+    find_backend,
+    get_backend,
+    register_backend,
+)
+from ray_zerocopy_core.representation import TensorEntry, TensorTable
+from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
+
+try:
+    __version__ = metadata.version("ray-zerocopy-core")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ActorWrapper",
+    "Backend",
+    "BackendError",
+    "BackendNotInstalledError",
+    "LoadOptions",
+    "ModelPayload",
+    "ModelWrapper",
+    "ObjectStoreCapacityError",
+    "PipelineError",
+    "RemoteModel",
+    "TaskWrapper",
+    "TensorEntry",
+    "TensorTable",
+    "UnsupportedModelError",
+    "WeightsUnavailableError",
+    "WrapperReleasedError",
+    "WrongModeError",
+    "ZeroCopyError",
+    "__version__",
+    "backend_for",
+    "backend_names",
+    "broken_backends",
+    "find_backend",
+    "get_backend",
+    "load_model_in_actor",
+    "load_pipeline_in_actor",
+    "prepare_model_for_actors",
+    "register_backend",
+    "rewrite_pipeline",
+    "rewrite_pipeline_for_actors",
+]

@@ -1,0 +1,75 @@
+"""The eager backend: ``torch.nn.Module`` (and any picklable object holding tensors).
+
+The skeleton is the model pickled with its tensors factored out
+(:mod:`ray_zerocopy_core.skeleton`); rebuild unpickles it with zero-copy views of the
+stored bytes in place of the tensors, so parameters that were one object are one
+object again and views of one storage share it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ray_zerocopy_core.backend import LoadOptions, ModelPayload
+from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.representation import build_table
+from ray_zerocopy_core.skeleton import join_tensors, split_tensors
+
+
+class NNBackend:
+    """Backend for eager ``torch.nn.Module`` models."""
+
+    name: ClassVar[str] = "nn"
+    model_types: ClassVar[tuple[type, ...]] = (nn.Module,)
+
+    def handles(self, obj: object) -> bool:
+        """Eager modules; TorchScript modules are left to the ``jit`` backend."""
+        return isinstance(obj, nn.Module) and not isinstance(obj, torch.jit.ScriptModule)
+
+    def extract(self, model: Any) -> ModelPayload:
+        """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            raise UnsupportedModelError("ScriptModules are shared by the 'jit' backend, not 'nn'.")
+        try:
+            skeleton, tensors = split_tensors(model)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"Could not pickle the model {type(model).__qualname__} without its weights: {exc}. "
+                "Models must be picklable (as for ray.put); move unpicklable state "
+                "(open files, locks, compiled functions) out of the module."
+            ) from exc
+        names = _tensor_names(model, tensors)
+        return ModelPayload(self.name, skeleton, build_table(list(zip(names, tensors))))
+
+    def rebuild(self, payload: ModelPayload, options: LoadOptions) -> Any:
+        """Unpickle the skeleton with zero-copy tensors; eval mode, no grad."""
+        tensors = materialize(payload.table, options)
+        model = join_tensors(payload.skeleton, tensors)
+        return finish_model(model, options)
+
+
+def finish_model(model: Any, options: LoadOptions) -> Any:
+    """Switch to eval mode and freeze parameters unless a writable copy was asked for."""
+    if isinstance(model, nn.Module):
+        model.eval()
+        if not options.use_fast_load:
+            for parameter in model.parameters():
+                parameter.requires_grad_(options.writable and parameter.requires_grad)
+    return model
+
+
+def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:
+    """Human names (``layer.weight``) for tensors, for error messages; fallback ``#i``."""
+    by_id: dict[int, str] = {}
+    if isinstance(model, nn.Module):
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            by_id.setdefault(id(tensor), name)
+        for name, tensor in model.named_buffers(remove_duplicate=False):
+            by_id.setdefault(id(tensor), name)
+    return [by_id.get(id(t), f"#{i}") for i, t in enumerate(tensors)]
+
+

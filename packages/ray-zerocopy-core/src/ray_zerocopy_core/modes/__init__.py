@@ -1,0 +1,1 @@
+"""Execution modes: how a rebuilt model is used (``actor`` or ``task``)."""

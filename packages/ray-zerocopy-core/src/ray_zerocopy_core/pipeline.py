@@ -1,0 +1,145 @@
+"""Pipelines: objects whose attributes are models, shared one Ray object per model.
+
+A bare model is handled like a pipeline of one. :class:`SharedPipeline` holds what
+workers need: the pipeline without its models (the *skeleton*), and one ObjectRef per
+model. It is small to pickle: weights never travel with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy_core.errors import PipelineError, WrapperReleasedError
+from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.store import put_payload, rebuild_model
+
+#: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
+BARE_MODEL = ""
+
+
+def find_model_attrs(pipeline: Any) -> list[str]:
+    """Names of ``pipeline``'s attributes that some backend can share, in definition order."""
+    attributes = getattr(pipeline, "__dict__", None)
+    if attributes is None:
+        raise PipelineError(
+            f"Expected an nn.Module or a pipeline object with models as attributes, got "
+            f"{type(pipeline).__qualname__}, which has no attributes to search."
+        )
+    return [name for name, value in attributes.items() if find_backend(value) is not None]
+
+
+def _check_picklable(skeleton: Any) -> None:
+    try:
+        cloudpickle.dumps(skeleton)
+    except Exception as exc:
+        culprits = []
+        for name, value in getattr(skeleton, "__dict__", {}).items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                culprits.append(name)
+        where = f" (attribute(s) {', '.join(map(repr, culprits))})" if culprits else ""
+        raise PipelineError(
+            f"The pipeline {type(skeleton).__qualname__} cannot be pickled{where}: {exc}. "
+            "Workers receive the pipeline without its models, so its other attributes must "
+            "be picklable; create unpicklable resources lazily inside the worker instead."
+        ) from exc
+
+
+@dataclass
+class SharedPipeline:
+    """A pipeline or bare model whose models live in the object store.
+
+    Attributes:
+        skeleton: the pipeline with every model attribute set to ``None`` (``None`` for
+            a bare model).
+        refs: attribute name to the ObjectRef of that model (``""`` for a bare model).
+        nbytes: weight bytes per attribute.
+    """
+
+    skeleton: Any
+    refs: dict[str, ray.ObjectRef]
+    nbytes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def share(cls, obj: Any, model_attr_names: Iterable[str] | None = None) -> SharedPipeline:
+        """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store."""
+        if model_attr_names is None and find_backend(obj) is not None:
+            return cls._share_models(None, {BARE_MODEL: obj})
+        names = list(model_attr_names) if model_attr_names is not None else find_model_attrs(obj)
+        if not names:
+            raise PipelineError(
+                f"No model found in {type(obj).__qualname__}: none of its attributes is an "
+                "nn.Module or ScriptModule. Give the models as attributes, or name them with "
+                "model_attr_names=[...]."
+            )
+        models = {}
+        for name in names:
+            if not hasattr(obj, name):
+                raise PipelineError(f"{type(obj).__qualname__} has no attribute {name!r} (from model_attr_names).")
+            value = getattr(obj, name)
+            try:
+                backend_for(value)
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise PipelineError(f"Attribute {name!r} of {type(obj).__qualname__} cannot be shared: {exc}") from exc
+            models[name] = value
+        skeleton = copy.copy(obj)
+        for name in names:
+            setattr(skeleton, name, None)
+        _check_picklable(skeleton)
+        return cls._share_models(skeleton, models)
+
+    @classmethod
+    def _share_models(cls, skeleton: Any, models: dict[str, Any]) -> SharedPipeline:
+        refs: dict[str, ray.ObjectRef] = {}
+        sizes: dict[str, int] = {}
+        for name, model in models.items():
+            payload = backend_for(model).extract(model)
+            refs[name] = put_payload(payload, what=f"model {name!r}" if name else "model")
+            sizes[name] = payload.nbytes
+        return cls(skeleton, refs, sizes)
+
+    @property
+    def is_bare_model(self) -> bool:
+        """Whether this holds one model rather than a pipeline."""
+        return set(self.refs) == {BARE_MODEL}
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return not self.refs
+
+    def check_available(self) -> None:
+        """Raise :class:`WrapperReleasedError` if the stored models were released."""
+        if self.released:
+            raise WrapperReleasedError(
+                "This wrapper's models were released (release() was called); wrap the model again."
+            )
+
+    def assemble(self, models: dict[str, Any]) -> Any:
+        """A copy of the skeleton with ``models`` in place (or the bare model itself)."""
+        if self.is_bare_model:
+            return models[BARE_MODEL]
+        pipeline = copy.copy(self.skeleton)
+        for name, model in models.items():
+            setattr(pipeline, name, model)
+        return pipeline
+
+    def load(self, options: LoadOptions) -> Any:
+        """Rebuild every model in this process and return the assembled pipeline."""
+        self.check_available()
+        return self.assemble({name: rebuild_model(ref, options) for name, ref in self.refs.items()})
+
+    def release(self) -> None:
+        """Drop this handle's references; Ray frees the objects once no worker uses them."""
+        self.refs = {}
+        self.nbytes = {}

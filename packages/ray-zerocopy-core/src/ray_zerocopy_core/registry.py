@@ -1,0 +1,209 @@
+"""The backend registry: entry points in group ``ray_zerocopy.backends``, found lazily.
+
+Entry points are read once, on first use, and imported only when a backend is needed;
+each one loaded is cached. A plugin that fails to import is logged with its
+entry-point name and remembered in :func:`broken_backends`; the others keep working.
+Backends can also be registered in code with :func:`register_backend`.
+
+Known backends that ship in separate distributions are listed with the line that
+installs them, so an object that needs one gets an error that says what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from types import MappingProxyType
+from ray_zerocopy_core.backend import Backend
+from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendError, BackendNotInstalledError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "ray_zerocopy.backends"
+
+
+@dataclass(frozen=True)
+class KnownBackend:
+    """A backend shipped outside core: how to recognise its objects and how to install it."""
+
+    name: str
+    claims: Callable[[object], bool]
+    install_hint: str
+
+
+def _is_script_module(obj: object) -> bool:
+    import torch
+
+    return isinstance(obj, torch.jit.ScriptModule)
+
+
+#: Backends core knows of but does not ship. Checked only when no installed backend of
+#: that name exists, so a missing distribution is named instead of a wrong fallback.
+KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
+    {"jit": KnownBackend("jit", _is_script_module, JIT_INSTALL_HINT)}
+)
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entry_points: dict[str, metadata.EntryPoint] | None = None
+        self._loaded: dict[str, Backend] = {}
+        self._broken: dict[str, str] = {}
+
+    def _discover(self) -> dict[str, metadata.EntryPoint]:
+        with self._lock:
+            if self._entry_points is None:
+                found: dict[str, metadata.EntryPoint] = {}
+                for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+                    found.setdefault(entry_point.name, entry_point)
+                self._entry_points = found
+            return self._entry_points
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self._discover()) | set(self._loaded))
+
+    def get(self, name: str) -> Backend:
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            entry_point = self._discover().get(name)
+            if entry_point is None:
+                known = KNOWN_BACKENDS.get(name)
+                if known is not None:
+                    raise BackendNotInstalledError(
+                        f"The {name!r} backend is not installed. Install it with: {known.install_hint}"
+                    )
+                raise BackendError(
+                    f"No ray-zerocopy backend named {name!r}. Installed: {self.names() or 'none'}. "
+                    f"Third-party backends register under the entry-point group {ENTRY_POINT_GROUP!r}."
+                )
+            try:
+                loaded = entry_point.load()
+                backend = loaded() if isinstance(loaded, type) else loaded
+                if not isinstance(backend, Backend):
+                    raise TypeError(f"{entry_point.value} does not implement the Backend protocol")
+            except Exception as exc:
+                self._broken[name] = f"{type(exc).__name__}: {exc}"
+                raise BackendError(
+                    f"Error importing ray-zerocopy backend plugin {name!r} ({entry_point.value}): {exc}"
+                ) from exc
+            self._loaded[name] = backend
+            return backend
+
+    def all_loadable(self) -> list[Backend]:
+        backends = []
+        for name in self.names():
+            try:
+                backends.append(self.get(name))
+            except BackendError as exc:
+                if name not in self._broken:
+                    raise
+                logger.warning("%s; the other backends are still used.", exc)
+        return backends
+
+    def register(self, backend: Backend, replace: bool) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"{backend!r} does not implement the ray_zerocopy_core Backend protocol")
+        with self._lock:
+            current = self._loaded.get(backend.name)
+            if current is not None and current is not backend and not replace:
+                raise BackendError(
+                    f"A backend named {backend.name!r} is already registered; pass replace=True to replace it."
+                )
+            self._loaded[backend.name] = backend
+            self._broken.pop(backend.name, None)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._entry_points = None
+            self._loaded.clear()
+            self._broken.clear()
+
+
+_registry = _Registry()
+
+
+def get_backend(name: str) -> Backend:
+    """Return the backend registered as ``name``, importing its plugin on first use.
+
+    Raises:
+        BackendNotInstalledError: ``name`` is a known backend whose package is missing.
+        BackendError: no such backend, or its plugin failed to import.
+    """
+    return _registry.get(name)
+
+
+def backend_names() -> list[str]:
+    """Names of every backend registered or declared by an entry point, sorted."""
+    return _registry.names()
+
+
+def broken_backends() -> Mapping[str, str]:
+    """Plugins that failed to import so far: entry-point name to the error, read-only."""
+    return MappingProxyType(dict(_registry._broken))
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> None:
+    """Register ``backend`` in this process under ``backend.name``.
+
+    Registering the same object twice is a no-op; a different backend under a taken
+    name needs ``replace=True``. Backends meant for every process (Ray workers too)
+    belong in an entry point instead.
+    """
+    _registry.register(backend, replace)
+
+
+def reset_registry() -> None:
+    """Forget discovered and registered backends; the next lookup reads entry points again."""
+    _registry.reset()
+
+
+def _mro_distance(obj: object, backend: Backend) -> int | None:
+    mro = type(obj).__mro__
+    distances = [mro.index(t) for t in backend.model_types if t in mro]
+    if distances:
+        return min(distances)
+    return len(mro) if backend.handles(obj) else None
+
+
+def find_backend(obj: object) -> Backend | None:
+    """The most specific installed backend that handles ``obj``, or ``None``.
+
+    Raises:
+        BackendNotInstalledError: ``obj`` belongs to a known backend that is not
+            installed (e.g. a ScriptModule without ``ray-zerocopy[jit]``).
+    """
+    loadable = _registry.all_loadable()
+    usable = {backend.name for backend in loadable}
+    for known in KNOWN_BACKENDS.values():
+        if known.name not in usable and known.claims(obj):
+            broken = _registry._broken.get(known.name)
+            state = f"failed to import ({broken})" if broken else "not installed"
+            raise BackendNotInstalledError(
+                f"{type(obj).__qualname__} needs the {known.name!r} backend, which is {state}. "
+                f"Install it with: {known.install_hint}"
+            )
+    best: tuple[int, Backend] | None = None
+    for backend in loadable:
+        distance = _mro_distance(obj, backend)
+        if distance is not None and backend.handles(obj) and (best is None or distance < best[0]):
+            best = (distance, backend)
+    return best[1] if best else None
+
+
+def backend_for(obj: object) -> Backend:
+    """Like :func:`find_backend`, but raise a clear error when nothing handles ``obj``."""
+    backend = find_backend(obj)
+    if backend is None:
+        broken = broken_backends()
+        note = f" (plugins that failed to import: {', '.join(broken)})" if broken else ""
+        raise BackendError(
+            f"No ray-zerocopy backend can share an object of type {type(obj).__qualname__}{note}. "
+            f"Installed backends: {', '.join(backend_names()) or 'none'}."
+        )
+    return backend

@@ -1,0 +1,253 @@
+"""The public wrappers: one engine, faces for each execution mode.
+
+:class:`ModelWrapper` shares a model or pipeline and is used in either mode.
+:class:`TaskWrapper` and :class:`ActorWrapper` are the same engine with the mode fixed.
+The TorchScript faces (``JITModelWrapper``...) in ``ray_zerocopy_jit`` only change the
+defaults; which backend shares each model is always decided by the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy_core.errors import WrongModeError
+from ray_zerocopy_core.modes.actor import load_pipeline
+from ray_zerocopy_core.modes.task import rewrite_for_tasks
+from ray_zerocopy_core.pipeline import SharedPipeline
+
+Mode = Literal["actor", "task"]
+_MODES = ("actor", "task")
+
+
+class ModelWrapper:
+    """Share a model, or a pipeline of models, through Ray's object store.
+
+    Each model's weights are written once into the object store; the wrapper itself
+    is small (the pipeline skeleton and one ObjectRef per model) and can be passed to
+    actors, tasks and Ray Data constructors.
+
+    In **actor** mode, call :meth:`load` inside each worker to get the ready pipeline;
+    its weights alias the node's shared memory (read-only). In **task** mode the
+    wrapper is used directly: calling it (or a pipeline method) runs each model call as
+    a Ray task on a worker that keeps the rebuilt model cached.
+
+    Example::
+
+        wrapper = ModelWrapper.from_model(model, mode="actor")
+
+        @ray.remote
+        class Predictor:
+            def __init__(self, wrapper):
+                self.model = wrapper.load()
+
+    Args:
+        model_or_pipeline: an ``nn.Module`` (or ``ScriptModule`` with the jit package),
+            or an object whose attributes are models.
+        mode: ``"actor"`` or ``"task"``.
+        model_attr_names: the pipeline attributes to share; found automatically if None.
+        method_names: task mode only: model methods callable remotely
+            (default ``("__call__",)``).
+        device: where loaded models go: ``None``/``"cpu"`` (zero-copy) or e.g. ``"cuda:0"``.
+        use_fast_load: leave parameters as plain tensors instead of ``nn.Parameter``.
+        writable: load private, writable copies instead of read-only shared weights.
+        task_options: task mode only: Ray options for each task (``num_cpus``,
+            ``num_gpus``, ``resources``...).
+    """
+
+    #: Methods callable through task-mode shims when ``method_names`` is not given.
+    default_method_names: ClassVar[tuple[str, ...]] = ("__call__",)
+
+    def __init__(
+        self,
+        model_or_pipeline: Any,
+        mode: Mode = "actor",
+        model_attr_names: Iterable[str] | None = None,
+        method_names: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        use_fast_load: bool = False,
+        writable: bool = False,
+        task_options: dict[str, Any] | None = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be 'actor' or 'task', got {mode!r}.")
+        if mode == "actor" and (method_names is not None or task_options):
+            raise WrongModeError(
+                "method_names and task_options apply to task mode only; use mode='task' "
+                "(or ModelWrapper.for_tasks), or drop them for actor mode."
+            )
+        if isinstance(method_names, str):
+            method_names = (method_names,)
+        self._mode: Mode = mode
+        self._method_names = tuple(method_names) if method_names else self.default_method_names
+        self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable)
+        self._task_options = dict(task_options or {})
+        self._shared = SharedPipeline.share(model_or_pipeline, model_attr_names)
+        self._task_pipeline: Any = None
+
+    @classmethod
+    def from_model(
+        cls,
+        model_or_pipeline: Any,
+        mode: Mode = "actor",
+        model_attr_names: Iterable[str] | None = None,
+        method_names: Sequence[str] | None = None,
+        **options: Any,
+    ) -> ModelWrapper:
+        """Wrap ``model_or_pipeline`` for ``mode`` (see the class for the options)."""
+        wrapper = cls.__new__(cls)
+        ModelWrapper.__init__(wrapper, model_or_pipeline, mode, model_attr_names, method_names, **options)
+        return wrapper
+
+    @classmethod
+    def for_tasks(
+        cls, model_or_pipeline: Any, method_names: Sequence[str] | None = None, **options: Any
+    ) -> ModelWrapper:
+        """Shortcut for ``from_model(model_or_pipeline, mode="task", ...)``."""
+        return cls.from_model(model_or_pipeline, "task", method_names=method_names, **options)
+
+    @property
+    def mode(self) -> Mode:
+        """The execution mode, ``"actor"`` or ``"task"``."""
+        return self._mode
+
+    @property
+    def model_names(self) -> list[str]:
+        """The shared pipeline attributes (``[""]`` for a bare model)."""
+        return list(self._shared.refs)
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes in the object store for this wrapper, all models together."""
+        return sum(self._shared.nbytes.values())
+
+    @property
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for an actor constructor (e.g. Ray Data ``fn_constructor_kwargs``).
+
+        They match :func:`ray_zerocopy.load_pipeline_in_actor`'s parameters; most code
+        passes the wrapper itself instead and calls :meth:`load`.
+        """
+        self._shared.check_available()
+        return {
+            "pipeline_skeleton": self._shared.skeleton,
+            "model_refs": dict(self._shared.refs),
+            "device": self._options.device,
+            "use_fast_load": self._options.use_fast_load,
+        }
+
+    def load(
+        self,
+        device: str | torch.device | None = None,
+        use_fast_load: bool | None = None,
+        writable: bool | None = None,
+    ) -> Any:
+        """Return the ready pipeline (or model).
+
+        Actor mode: rebuild every model in this process; on the CPU the weights alias the
+        object store and are read-only (``writable=True`` gives a private copy).
+        Task mode: the pipeline with each model replaced by a task-running shim.
+        Arguments left as None keep the wrapper's settings.
+        """
+        options = LoadOptions(
+            device=self._options.device if device is None else device,
+            use_fast_load=self._options.use_fast_load if use_fast_load is None else use_fast_load,
+            writable=self._options.writable if writable is None else writable,
+        )
+        if self._mode == "actor":
+            return load_pipeline(self._shared, options)
+        if options == self._options:
+            if self._task_pipeline is None:
+                self._task_pipeline = rewrite_for_tasks(self._shared, self._method_names, options, self._task_options)
+            return self._task_pipeline
+        return rewrite_for_tasks(self._shared, self._method_names, options, self._task_options)
+
+    def release(self) -> None:
+        """Drop the wrapper's references to the stored models.
+
+        Ray frees the objects once no worker still uses them; this wrapper can no
+        longer load afterwards (:class:`~ray_zerocopy_core.errors.WrapperReleasedError`).
+        """
+        self._shared.release()
+        self._task_pipeline = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Task mode: call the pipeline (or model); its model calls run as Ray tasks."""
+        if self._mode != "task":
+            raise WrongModeError(
+                f"This {type(self).__name__} is in actor mode and cannot be called. Call "
+                ".load() inside the actor and use what it returns, or wrap with mode='task'."
+            )
+        return self.load()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self.__dict__.get("_mode") == "task":
+            return getattr(self.load(), name)
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r}. In actor mode, call .load() in "
+            "the worker and use the pipeline it returns."
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_task_pipeline"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self._mode!r}, models={self.model_names}, nbytes={self.nbytes})"
+
+
+class TaskWrapper(ModelWrapper):
+    """Task mode: each model call runs as a Ray task on shared, cached weights.
+
+    ``TaskWrapper(pipeline)(x)`` runs the pipeline's own ``__call__`` here, with each
+    model call sent to a task. Other pipeline attributes and methods are reachable
+    through the wrapper, too.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        method_names: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        use_fast_load: bool = False,
+        writable: bool = False,
+        task_options: dict[str, Any] | None = None,
+        model_attr_names: Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(
+            pipeline,
+            "task",
+            model_attr_names=model_attr_names,
+            method_names=method_names,
+            device=device,
+            use_fast_load=use_fast_load,
+            writable=writable,
+            task_options=task_options,
+        )
+
+
+class ActorWrapper(ModelWrapper):
+    """Actor mode: pass the wrapper to actors and call :meth:`load` in their ``__init__``."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        model_attr_names: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        use_fast_load: bool = False,
+        writable: bool = False,
+    ) -> None:
+        super().__init__(
+            pipeline,
+            "actor",
+            model_attr_names=model_attr_names,
+            device=device,
+            use_fast_load=use_fast_load,
+            writable=writable,
+        )
