@@ -41,9 +41,7 @@ def prepare_model_for_actors(model: torch.nn.Module) -> ray.ObjectRef:
     return SharedPipeline.share(model).refs[BARE_MODEL]
 
 
-def load_model_in_actor(
-    model_ref: Any, device: str | torch.device | None = None, use_fast_load: bool = False
-) -> Any:
+def load_model_in_actor(model_ref: Any, device: str | torch.device | None = None, use_fast_load: bool = False) -> Any:
     """Deprecated: use ``ActorWrapper.load()``. Rebuild a model stored by ``prepare_model_for_actors``.
 
     ``model_ref`` may be the ObjectRef or the value Ray already resolved from it.

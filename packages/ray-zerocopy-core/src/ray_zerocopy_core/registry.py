@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType
+
 from ray_zerocopy_core.backend import Backend
 from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendError, BackendNotInstalledError
 

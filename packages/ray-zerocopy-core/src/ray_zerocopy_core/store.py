@@ -24,11 +24,7 @@ def _format_bytes(n: float) -> str:
 
 def object_store_capacity() -> int | None:
     """The largest object store of any alive node in the cluster, in bytes (None if unknown)."""
-    capacities = [
-        node.get("Resources", {}).get("object_store_memory", 0)
-        for node in ray.nodes()
-        if node.get("Alive")
-    ]
+    capacities = [node.get("Resources", {}).get("object_store_memory", 0) for node in ray.nodes() if node.get("Alive")]
     return int(max(capacities)) if capacities else None
 
 
@@ -60,7 +56,11 @@ def fetch_payload(ref_or_payload: Any) -> ModelPayload:
         )
     try:
         payload = ray.get(ref_or_payload)
-    except (ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError, ray.exceptions.ObjectFetchTimedOutError) as exc:
+    except (
+        ray.exceptions.OwnerDiedError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.ObjectFetchTimedOutError,
+    ) as exc:
         raise WeightsUnavailableError(
             "The shared model weights are no longer available: the process that wrapped "
             "the model (their owner) has exited or released them. Keep the wrapper alive in "

@@ -71,5 +71,3 @@ def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:
         for name, tensor in model.named_buffers(remove_duplicate=False):
             by_id.setdefault(id(tensor), name)
     return [by_id.get(id(t), f"#{i}") for i, t in enumerate(tensors)]
-
-

@@ -1,0 +1,109 @@
+"""Every development task of ray-zerocopy is a nox session: ``nox -l`` lists them.
+
+torch is pinned (``TORCH_VERSION``, default 2.13.0) because an unpinned torch pulls a
+multi-GB CUDA build; set ``TORCH_VERSION=...`` in the environment to test another.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "integration"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = os.environ.get("TORCH_VERSION", "2.13.0")
+PACKAGES = ("packages/ray-zerocopy-core", "packages/ray-zerocopy-jit", "packages/ray-zerocopy")
+SOURCES = tuple(f"{p}/src" for p in PACKAGES)
+UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
+
+#: The versions the matrix proves: the lowest supported and the newest of each.
+MATRIX_TORCH = ["2.13.0"]
+MATRIX_RAY = ["2.43.0", "2.60.0"]
+#: Pairs that cannot be installed together here, with the reason they are skipped.
+INCOMPATIBLE: dict[tuple[str, str], str] = {}
+
+TEST_DEPS = ("pytest>=8", "psutil>=5.9")
+
+
+def install_project(session: nox.Session, *, torch: str = TORCH, ray: str | None = None, extras: str = "") -> None:
+    """Install pinned torch (and ray), then the three packages from this working tree."""
+    session.install(f"torch=={torch}")
+    if ray is not None:
+        session.install(f"ray[data]=={ray}")
+    session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", f"{PACKAGES[2]}{extras}")
+
+
+def run_pytest(session: nox.Session, *paths: str) -> None:
+    """Run pytest on ``paths`` (or on what the command line after ``--`` names)."""
+    session.run("pytest", *(session.posargs or paths), env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit tests of all three packages at the default versions."""
+    install_project(session)
+    session.install(*TEST_DEPS)
+    run_pytest(session, *UNIT_TESTS)
+
+
+@nox.session
+@nox.parametrize("ray", MATRIX_RAY)
+@nox.parametrize("torch", MATRIX_TORCH)
+def tests_matrix(session: nox.Session, torch: str, ray: str) -> None:
+    """Unit tests over the supported torch x ray versions (lowest and newest)."""
+    if (torch, ray) in INCOMPATIBLE:
+        session.skip(INCOMPATIBLE[(torch, ray)])
+    install_project(session, torch=torch, ray=ray)
+    session.install(*TEST_DEPS)
+    run_pytest(session, *UNIT_TESTS)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
+    install_project(session, extras="[jit]")
+    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib")
+    session.install("-e", "tests_integration/fixtures/toy-backend")
+    run_pytest(session, "tests_integration")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the three packages."""
+    install_project(session)
+    session.install("mypy>=1.10", "types-psutil")
+    session.run("mypy", *SOURCES)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site with warnings as errors (docs/_build/html)."""
+    install_project(session, extras="[jit]")
+    session.install("-r", "docs/requirements.txt")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: share a model across 4 actors and compare with naive loading."""
+    install_project(session)
+    session.install("psutil>=5.9")
+    session.run("python", "benchmarks/demo.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (``-- --quick`` for a one-minute run; ``-- --help`` for flags)."""
+    install_project(session, extras="[jit]")
+    session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data]")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})

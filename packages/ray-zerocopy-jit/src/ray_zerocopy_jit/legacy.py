@@ -1,0 +1,1 @@
+"""Legacy TorchScript functions of the original project (placeholder)."""

@@ -1,0 +1,24 @@
+"""TorchScript faces of the core wrappers: same engine, TorchScript defaults."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
+
+
+class JITModelWrapper(ModelWrapper):
+    """:class:`~ray_zerocopy_core.wrappers.ModelWrapper` for TorchScript models.
+
+    Task mode exposes ``__call__`` and ``forward`` by default.
+    """
+
+    default_method_names: ClassVar[tuple[str, ...]] = ("__call__", "forward")
+
+
+class JITTaskWrapper(JITModelWrapper, TaskWrapper):
+    """Task mode for TorchScript models (and pipelines of them)."""
+
+
+class JITActorWrapper(JITModelWrapper, ActorWrapper):
+    """Actor mode for TorchScript models (and pipelines of them)."""

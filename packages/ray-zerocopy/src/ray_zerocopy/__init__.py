@@ -1,0 +1,107 @@
+"""ray-zerocopy: share PyTorch models across Ray workers with one copy of the weights per node.
+
+This package re-exports the API of ``ray_zerocopy_core`` and, when installed with the
+``jit`` extra, the TorchScript wrappers of ``ray_zerocopy_jit``.
+
+Example::
+
+    import ray
+    from ray_zerocopy import ActorWrapper
+
+    wrapper = ActorWrapper(model)          # weights written once to the object store
+
+    @ray.remote
+    class Predictor:
+        def __init__(self, wrapper):
+            self.model = wrapper.load()    # zero-copy, read-only weights
+
+        def predict(self, x):
+            return self.model(x)
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from ray_zerocopy_core import (
+    ENTRY_POINT_GROUP,
+    ActorWrapper,
+    Backend,
+    BackendError,
+    BackendNotInstalledError,
+    LoadOptions,
+    ModelPayload,
+    ModelWrapper,
+    ObjectStoreCapacityError,
+    PipelineError,
+    RemoteModel,
+    TaskWrapper,
+    TensorEntry,
+    TensorTable,
+    UnsupportedModelError,
+    WeightsUnavailableError,
+    WrapperReleasedError,
+    WrongModeError,
+    ZeroCopyError,
+    backend_for,
+    backend_names,
+    broken_backends,
+    find_backend,
+    get_backend,
+    load_model_in_actor,
+    load_pipeline_in_actor,
+    prepare_model_for_actors,
+    register_backend,
+    rewrite_pipeline,
+    rewrite_pipeline_for_actors,
+)
+
+from ray_zerocopy._jit_import import JIT_NAMES, import_jit
+
+try:
+    __version__ = metadata.version("ray-zerocopy")
+except metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve the TorchScript wrappers lazily, so core works without the jit package."""
+    if name in JIT_NAMES:
+        return getattr(import_jit(), name)
+    raise AttributeError(f"module 'ray_zerocopy' has no attribute {name!r}")
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ActorWrapper",
+    "Backend",
+    "BackendError",
+    "BackendNotInstalledError",
+    "LoadOptions",
+    "ModelPayload",
+    "ModelWrapper",
+    "ObjectStoreCapacityError",
+    "PipelineError",
+    "RemoteModel",
+    "TaskWrapper",
+    "TensorEntry",
+    "TensorTable",
+    "UnsupportedModelError",
+    "WeightsUnavailableError",
+    "WrapperReleasedError",
+    "WrongModeError",
+    "ZeroCopyError",
+    "__version__",
+    "backend_for",
+    "backend_names",
+    "broken_backends",
+    "find_backend",
+    "get_backend",
+    "load_model_in_actor",
+    "load_pipeline_in_actor",
+    "prepare_model_for_actors",
+    "register_backend",
+    "rewrite_pipeline",
+    "rewrite_pipeline_for_actors",
+]
