@@ -67,6 +67,22 @@ def _mprotect(start: int, length: int, prot: int) -> None:
         raise OSError(errno, f"mprotect failed: {os.strerror(errno)}")
 
 
+def laid_out_together(buffers: Sequence[np.ndarray]) -> bool:
+    """Whether ``buffers`` lie one after another in one allocation, as Ray writes them.
+
+    Only then is every page between the first and the last buffer theirs alone. Tensor
+    tables that were never stored (the driver's own model) are scattered in the heap
+    and must not be protected.
+    """
+    previous_end = None
+    for buffer in buffers:
+        start = int(buffer.ctypes.data)
+        if previous_end is not None and not 0 <= start - previous_end < PAGE_SIZE:
+            return False
+        previous_end = start + int(buffer.nbytes)
+    return True
+
+
 def inner_page_range(buffers: Sequence[np.ndarray]) -> tuple[int, int]:
     """The page-aligned [start, end) range lying wholly inside the span of ``buffers``."""
     first = min(int(b.ctypes.data) for b in buffers)
@@ -117,6 +133,9 @@ def protect(buffers: Sequence[np.ndarray]) -> ProtectedRegion | None:
     """
     if not protection_supported():
         logger.debug("write protection is not available on %s; weights are unprotected", sys.platform)
+        return None
+    if not laid_out_together(buffers):
+        logger.debug("buffers are not one stored object; leaving them unprotected")
         return None
     install_fault_explainer()
     return ProtectedRegion(buffers)
