@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
+
+HERE = Path(__file__).parent
+
+
+def expose_tests_to_workers() -> None:
+    """Let Ray workers import test modules (classes defined there travel by reference).
+
+    Workers inherit the environment of the Ray processes ``ray.init`` starts, so
+    putting this folder on ``PYTHONPATH`` before starting Ray is enough.
+    """
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(HERE) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, paths)])
+
+
+expose_tests_to_workers()
 
 
 @pytest.fixture(scope="module")
