@@ -1,0 +1,273 @@
+"""Write protection on a real local Ray: a write to shared weights never reaches other workers.
+
+After a zero-copy load the weight pages are read-only in the loading process, so an
+in-place write ends that worker (SIGSEGV) with a message naming the fix, and every
+other worker, a freshly started one, and the stored object keep the original values.
+``load(writable=True)`` gives a private copy that can be changed freely.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+import torch
+from memory import aliases_object_store
+from torch import nn
+
+from ray_zerocopy import ActorWrapper
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+WRITE_KINDS = ("add_", "copy_", "optimizer_step", "load_state_dict")
+
+
+def _jit_skip_reason() -> str | None:
+    """Why the jit variants cannot run yet (the jit backend still raises), or None."""
+    try:
+        from ray_zerocopy_core.registry import get_backend
+
+        get_backend("jit").extract(_script(_small_model()))
+    except NotImplementedError as exc:
+        return f"the jit backend is not implemented yet ({exc})"
+    except Exception as exc:
+        return f"the jit backend is unavailable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
+
+
+def _script(model: nn.Module) -> torch.jit.ScriptModule:
+    # torch deprecates TorchScript and warns on torch.jit.script; the test means to use it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.script(model)
+
+
+_JIT_SKIP = _jit_skip_reason()
+BACKENDS = ["nn", pytest.param("jit", marks=pytest.mark.skipif(_JIT_SKIP is not None, reason=str(_JIT_SKIP)))]
+
+
+def make_model(backend: str) -> nn.Module:
+    """The same small model, eager or scripted."""
+    model = _small_model()
+    return _script(model) if backend == "jit" else model
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """Private copies of every weight, by name."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def write_in_place(model: Any, kind: str) -> None:
+    """Change ``model``'s weights in place, the ways users do."""
+    first = next(iter(model.parameters()))
+    if kind == "add_":
+        with torch.no_grad():
+            first.add_(1)
+    elif kind == "copy_":
+        with torch.no_grad():
+            first.copy_(torch.zeros_like(first))
+    elif kind == "optimizer_step":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(torch.ones(4, 64)).sum().backward()
+        optimizer.step()
+    elif kind == "load_state_dict":
+        model.load_state_dict({name: torch.zeros_like(t) for name, t in model.state_dict().items()})
+    else:
+        raise ValueError(kind)
+
+
+@ray.remote(num_cpus=0.1)
+class Holder:
+    """An actor that loads the wrapper in ``__init__``, as users do."""
+
+    def __init__(self, wrapper: ActorWrapper, writable: bool = False) -> None:
+        self.model = wrapper.load(writable=writable)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return snapshot(self.model)
+
+    def aliases_store(self) -> bool:
+        return all(aliases_object_store(t) for t in self.model.state_dict().values())
+
+    def write(self, kind: str) -> str:
+        write_in_place(self.model, kind)
+        return "wrote"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", WRITE_KINDS)
+def test_write_to_shared_weights_stops_the_writer_only(backend: str, kind: str) -> None:
+    model = make_model(backend)
+    original = snapshot(model)
+    wrapper = ActorWrapper(model)
+    writer, bystander = Holder.remote(wrapper), Holder.remote(wrapper)
+    assert ray.get([writer.aliases_store.remote(), bystander.aliases_store.remote()]) == [True, True]
+
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(writer.write.remote(kind), timeout=120)
+
+    assert_same(ray.get(bystander.weights.remote(), timeout=120), original)
+    fresh = Holder.remote(wrapper)
+    assert_same(ray.get(fresh.weights.remote(), timeout=120), original)
+    # A private copy reads the stored bytes as they are now: unchanged.
+    assert_same(snapshot(wrapper.load(writable=True)), original)
+    for actor in (bystander, fresh):
+        ray.kill(actor)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writable_load_is_a_private_copy(backend: str) -> None:
+    model = make_model(backend)
+    original = snapshot(model)
+    wrapper = ActorWrapper(model)
+    editor, bystander = Holder.remote(wrapper, writable=True), Holder.remote(wrapper)
+
+    assert ray.get(editor.aliases_store.remote()) is False
+    for kind in WRITE_KINDS:
+        assert ray.get(editor.write.remote(kind), timeout=120) == "wrote"
+    edited = ray.get(editor.weights.remote())
+    assert any(not torch.equal(edited[name], original[name]) for name in original)
+
+    assert_same(ray.get(bystander.weights.remote()), original)
+    assert_same(ray.get(Holder.remote(wrapper).weights.remote()), original)
+    assert_same(snapshot(wrapper.load(writable=True)), original)
+
+    # The wrapper-level option gives the same private copy.
+    private = ActorWrapper(model, writable=True).load()
+    write_in_place(private, "add_")
+    assert_same(ray.get(bystander.weights.remote()), original)
+
+
+_DRIVER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import ray, torch
+    from torch import nn
+    from ray_zerocopy import ActorWrapper
+
+    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=True)
+
+    @ray.remote(num_cpus=0.1)
+    class Writer:
+        def __init__(self, wrapper):
+            self.model = wrapper.load()
+
+        def write(self):
+            with torch.no_grad():
+                self.model.weight.add_(1)
+
+    writer = Writer.remote(ActorWrapper(nn.Linear(64, 64)))
+    try:
+        ray.get(writer.write.remote(), timeout=120)
+        print("WRITE SUCCEEDED")
+    except ray.exceptions.ActorDiedError:
+        print("WRITER DIED")
+    time.sleep(5)  # let the worker's log lines reach this driver
+    """
+)
+
+
+def test_fault_message_reaches_the_driver_log(tmp_path: Any) -> None:
+    """A second driver on the same cluster sees the worker's explanation on its stderr."""
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER_SCRIPT)
+    gcs_address = ray.get_runtime_context().gcs_address
+    done = subprocess.run(
+        [sys.executable, str(script), gcs_address], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert "WRITER DIED" in done.stdout, done.stdout + done.stderr
+    log = done.stdout + done.stderr
+    assert "wrote in place to a model weight" in log, log[-4000:]
+    assert "load(writable=True)" in log
+
+
+def _read_only_store_pages() -> int:
+    """How many read-only mappings of the object store this process has (mprotect splits them)."""
+    count = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if ("plasma" in line or "/dev/shm" in line) and fields[1].startswith("r-"):
+                count += 1
+    return count
+
+
+@ray.remote(num_cpus=0.1)
+class Cycler:
+    """Owns its wrappers, so dropping them frees the objects and Ray may reuse the pages."""
+
+    def cycle(self, n_floats: int) -> dict[str, Any]:
+        wrapper = ActorWrapper(nn.Linear(n_floats // 256, 256, bias=False))
+        model = wrapper.load()
+        weight_range = (model.weight.data_ptr(), model.weight.data_ptr() + model.weight.nbytes)
+        while_loaded = _read_only_store_pages()
+        del model
+        wrapper.release()
+        del wrapper
+        gc.collect()
+        after_drop = _read_only_store_pages()
+        # New objects written by this process: they land on the freed pages when Ray
+        # reuses them, which would crash here if the pages were still read-only.
+        reused = False
+        for value in range(4):
+            array = ray.get(ray.put(np.full(n_floats, value, dtype=np.float32)))
+            start = int(array.ctypes.data)
+            reused = reused or (start < weight_range[1] and weight_range[0] < start + array.nbytes)
+            assert float(array[-1]) == value
+            del array
+        returned = ray.get(make_array.remote(n_floats))
+        return {
+            "while_loaded": while_loaded,
+            "after_drop": after_drop,
+            "reused": reused,
+            "returned_sum": float(returned.sum()),
+        }
+
+
+@ray.remote(num_cpus=0.1)
+def make_array(n_floats: int) -> np.ndarray:
+    return np.ones(n_floats, dtype=np.float32)
+
+
+def test_pages_are_writable_again_after_the_model_is_dropped() -> None:
+    cycler = Cycler.remote()
+    n_floats = 2 * 1024**2  # 8 MiB of weights
+    results = [ray.get(cycler.cycle.remote(n_floats), timeout=120) for _ in range(6)]
+    assert all(r["while_loaded"] >= 1 for r in results), results
+    assert all(r["after_drop"] == 0 for r in results), results
+    assert all(r["returned_sum"] == n_floats for r in results), results
+    # Not asserted (Ray's allocator decides), but recorded: did a later put land on the freed pages?
+    print("pages reused by a later put in", sum(r["reused"] for r in results), "of", len(results), "cycles")
+    ray.kill(cycler)
+
+
+def test_driver_load_is_protected_and_released_too() -> None:
+    """The driver (or any process) that loads zero-copy gets the same read-only pages."""
+    wrapper = ActorWrapper(nn.Linear(1024, 1024))
+    before = _read_only_store_pages()
+    model = wrapper.load()
+    assert aliases_object_store(model.weight)
+    assert _read_only_store_pages() > before
+    del model
+    gc.collect()
+    assert _read_only_store_pages() == before
