@@ -1,0 +1,83 @@
+"""A backend from an outside distribution is found through its entry point alone.
+
+The fixture project ``fixtures/toy-backend`` declares ``toy`` in the
+``ray_zerocopy.backends`` group; nothing in core names it. The nox ``integration``
+session installs it; run elsewhere, this module installs it first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from memory import aliases_object_store
+from torch import nn
+
+from ray_zerocopy import ActorWrapper, ModelWrapper, backend_for, backend_names
+from ray_zerocopy_core import registry
+
+FIXTURE = Path(__file__).parent / "fixtures" / "toy-backend"
+
+
+@pytest.fixture(scope="module")
+def toy_backend(ray_local: None) -> Iterator[Any]:
+    try:
+        import toy_backend
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(FIXTURE)], check=True)
+        importlib.invalidate_caches()
+        import toy_backend
+    registry.reset_registry()
+    yield toy_backend
+    registry.reset_registry()
+
+
+def tables(module: Any) -> Any:
+    torch.manual_seed(0)
+    return module.LookupTables({"users": torch.randn(100, 8), "items": torch.randn(50, 8).to(torch.bfloat16)})
+
+
+class Recommender:
+    def __init__(self, lookup: Any) -> None:
+        self.lookup = lookup
+        self.ranker = nn.Linear(8, 1).eval()
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.ranker(self.lookup("users", ids))
+
+
+def test_discovered_and_selected_for_the_objects_it_claims(toy_backend: Any) -> None:
+    assert "toy" in backend_names()
+    assert backend_for(tables(toy_backend)).name == "toy"
+    assert backend_for(nn.Linear(2, 2)).name == "nn"
+
+
+def test_actor_loads_the_plugin_model_zero_copy(toy_backend: Any) -> None:
+    lookup = tables(toy_backend)
+    ids = torch.tensor([3, 14, 15])
+
+    @ray.remote(num_cpus=0.25)
+    class Server:
+        def __init__(self, wrapper: ActorWrapper) -> None:
+            self.lookup = wrapper.load()
+
+        def query(self, name: str, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+            return self.lookup(name, ids), all(aliases_object_store(t) for t in self.lookup.tables.values())
+
+    result, aliased = ray.get(Server.remote(ActorWrapper(lookup)).query.remote("items", ids))
+    assert torch.equal(result, lookup("items", ids)) and aliased
+
+
+def test_pipeline_sends_each_model_to_its_own_backend(toy_backend: Any) -> None:
+    pipeline = Recommender(tables(toy_backend))
+    ids = torch.tensor([1, 2])
+    wrapped = ModelWrapper.for_tasks(pipeline, method_names=("__call__", "lookup"))
+    assert wrapped.model_names == ["lookup", "ranker"]
+    assert torch.equal(wrapped(ids), pipeline(ids))
