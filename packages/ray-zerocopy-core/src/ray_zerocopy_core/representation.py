@@ -96,10 +96,10 @@ def check_shareable(tensor: torch.Tensor, where: str) -> None:
 def _byte_extent(tensor: torch.Tensor) -> tuple[int, int]:
     """Return the [start, end) byte range of ``tensor`` inside its storage."""
     itemsize = tensor.element_size()
-    start = tensor.storage_offset() * itemsize
+    start = int(tensor.storage_offset()) * itemsize
     if tensor.numel() == 0:
         return start, start
-    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    last = sum((int(size) - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
     return start, start + (last + 1) * itemsize
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+from ray_zerocopy._jit_import import JIT_NAMES, import_jit
 from ray_zerocopy_core import (
     ENTRY_POINT_GROUP,
     ActorWrapper,
@@ -56,8 +57,6 @@ from ray_zerocopy_core import (
     rewrite_pipeline,
     rewrite_pipeline_for_actors,
 )
-
-from ray_zerocopy._jit_import import JIT_NAMES, import_jit
 
 try:
     __version__ = metadata.version("ray-zerocopy")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
-
 from ray_zerocopy._jit_import import JIT_NAMES, import_jit
+from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
 
 
 def __getattr__(name: str) -> Any:
