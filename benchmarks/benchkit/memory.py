@@ -1,0 +1,149 @@
+"""Physical-memory and object-store probes (Linux ``/proc``), used on the driver and in actors.
+
+How the benchmark counts the extra memory of N workers holding a model:
+
+* private memory: the growth of ``Pss - Pss_Shmem`` (``/proc/PID/smaps_rollup``) of
+  each actor and of the driver, from just before the method starts to just after every
+  actor has loaded and run its first forward. PSS splits pages shared between
+  processes, so nothing is counted twice; shared-memory pages are left out here;
+* shared memory: the growth of ``Shmem`` in ``/proc/meminfo`` over the same interval
+  (files in ``/dev/shm``, e.g. safetensors), plus the growth of the bytes Ray's object
+  store reports in use. Ray's store keeps the pages it has touched once, so the
+  benchmark touches the whole store at start-up (:func:`pretouch_object_store`): from
+  then on ``Shmem`` no longer moves with the store, and the store's own count stands in.
+
+``Shmem`` is machine-wide: other processes can move it; it is sampled right before and
+right after each measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def smaps_rollup(pid: int | None = None) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` fields in bytes (``Rss``, ``Pss``, ``Pss_Shmem``...)."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].endswith(":"):
+                fields[parts[0][:-1]] = int(parts[1]) * 1024
+    return fields
+
+
+def private_bytes(pid: int | None = None) -> int:
+    """``Pss - Pss_Shmem`` of a process: its share of physical memory outside shared memory."""
+    fields = smaps_rollup(pid)
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size (all mapped pages, shared ones included), from ``/proc/PID/statm``."""
+    with open(f"/proc/{pid or os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+def meminfo_shmem() -> int:
+    """Machine-wide ``Shmem`` from ``/proc/meminfo``, bytes."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def object_store_bytes_used() -> int:
+    """Bytes Ray's object store on this node reports in use (primary copies and mapped)."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    address = ray.get_runtime_context().gcs_address
+    reply = get_memory_info_reply(get_state_from_address(address))
+    return int(reply.store_stats.object_store_bytes_used)
+
+
+def pretouch_object_store(capacity: int) -> None:
+    """Write once over (nearly) the whole object store, then free it (see module doc)."""
+    import ray
+
+    chunk = np.zeros(int(capacity * 0.9), dtype=np.uint8)
+    ref = ray.put(chunk)
+    del ref, chunk
+
+
+def shared_ranges() -> list[tuple[int, int]]:
+    """Address ranges this process maps from Ray's object store or ``/dev/shm``."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "plasma" in line or "/dev/shm" in line:
+                start, end = line.split()[0].split("-")
+                ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+def shared_fraction(model: torch.nn.Module) -> float:
+    """Fraction of ``model``'s weight bytes whose memory lies in the object store or /dev/shm."""
+    ranges = shared_ranges()
+    storages: dict[int, int] = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    total = sum(storages.values()) or 1
+    inside = sum(n for ptr, n in storages.items() if any(s <= ptr < e for s, e in ranges))
+    return inside / total
+
+
+@dataclass
+class PeakSampler:
+    """Samples this process's RSS and private bytes in a thread; use as a context manager.
+
+    ``peak_rss`` / ``peak_private`` are the largest growths over the values at entry.
+    RSS counts the object-store pages the process writes; private bytes do not.
+    """
+
+    interval: float = 0.005
+    peak_rss: int = 0
+    peak_private: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakSampler:
+        self._rss0, self._private0 = rss_bytes(), private_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, rss_bytes() - self._rss0)
+        self.peak_private = max(self.peak_private, private_bytes() - self._private0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self._sample()
+
+
+def memcpy_seconds(model: torch.nn.Module) -> float:
+    """Time to copy every weight once into fresh memory (``empty_like(t).copy_(t)``)."""
+    tensors = {t.untyped_storage().data_ptr(): t for t in list(model.parameters()) + list(model.buffers())}
+    start = time.perf_counter()
+    copies = [torch.empty_like(t).copy_(t) for t in tensors.values()]
+    elapsed = time.perf_counter() - start
+    del copies
+    return elapsed

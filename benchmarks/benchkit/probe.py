@@ -1,0 +1,195 @@
+"""Measuring one method: N actors load a model at once; time, memory and outputs.
+
+:func:`measure_load` is the one measurement every method goes through. Actors are
+started and warmed first (torch imported, kernels initialized on a tiny model), then
+all of them are asked to load at the same moment; each times its own load and first
+forward. Memory is counted as :mod:`benchkit.memory` describes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from benchkit.memory import (
+    PeakSampler,
+    meminfo_shmem,
+    object_store_bytes_used,
+    private_bytes,
+    shared_fraction,
+)
+from benchkit.methods import METHODS, Method
+from benchkit.models import ModelSpec, TransformerLike, make_input, spec_from_dict, trace, weight_bytes
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LoadPoint:
+    """The result of one method, one model, N actors."""
+
+    method: str
+    spec: dict[str, Any]
+    actors: int
+    weight_bytes: int
+    prepare_s: float
+    prepare_peak_rss: int
+    prepare_peak_private: int
+    load_s: list[float]
+    load_forward_s: list[float]
+    extra_bytes: int
+    private_growth: dict[str, int]
+    shmem_growth: int
+    store_growth: int
+    shared_fraction: list[float]
+    outputs_equal: bool
+    max_abs_diff: float
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def memory_ratio(self) -> float:
+        """Extra physical memory over the weight bytes."""
+        return self.extra_bytes / self.weight_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+
+@ray.remote(num_cpus=0)
+class LoadProbe:
+    """An actor that loads one model with a given method and reports what it cost."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec_from_dict(spec)
+        self.model: Any = None
+        tiny = TransformerLike(16, tied=self.spec.tied).to(self.spec.torch_dtype).eval()
+        with torch.no_grad():
+            if self.spec.scripted:
+                tiny = trace(tiny)
+                tiny(make_input())
+            tiny(make_input())
+
+    def ready(self) -> tuple[int, int]:
+        """This worker's pid and private bytes before loading."""
+        gc.collect()
+        return os.getpid(), private_bytes()
+
+    def load(self, method: str, handle: Any) -> dict[str, Any]:
+        """Load with ``method``, run the first forward; timings, output, where weights live."""
+        start = time.perf_counter()
+        self.model = METHODS[method].load(handle, self.spec)
+        loaded = time.perf_counter()
+        with torch.no_grad():
+            output = self.model(make_input())
+        done = time.perf_counter()
+        return {
+            "load_s": loaded - start,
+            "load_forward_s": done - start,
+            "output": output,
+            "shared_fraction": shared_fraction(self.model),
+        }
+
+
+def reference_output(model: torch.nn.Module) -> torch.Tensor:
+    """The model's output on the fixed input, computed with one thread like the actors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return model(make_input())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_load(
+    method: Method, spec: ModelSpec, model: torch.nn.Module, n_actors: int, workdir: Path, expected: torch.Tensor
+) -> LoadPoint:
+    """Run ``method`` for ``model`` with ``n_actors`` actors loading at once (see module doc)."""
+    actors = [LoadProbe.remote(spec.to_dict()) for _ in range(n_actors)]
+    ready = ray.get([actor.ready.remote() for actor in actors])
+    gc.collect()
+    shmem0, store0, driver0 = meminfo_shmem(), object_store_bytes_used(), private_bytes()
+    handle = None
+    try:
+        with PeakSampler() as sampler:
+            start = time.perf_counter()
+            handle = method.prepare(model, spec, workdir)
+            prepare_s = time.perf_counter() - start
+        results = ray.get([actor.load.remote(method.name, handle) for actor in actors])
+        gc.collect()
+        actor_growth = {str(pid): private_bytes(pid) - before for pid, before in ready}
+        driver_growth = private_bytes() - driver0
+        shmem_growth, store_growth = meminfo_shmem() - shmem0, object_store_bytes_used() - store0
+        diffs = [float((r["output"].float() - expected.float()).abs().max()) for r in results]
+        return LoadPoint(
+            method=method.name,
+            spec=spec.to_dict(),
+            actors=n_actors,
+            weight_bytes=weight_bytes(model),
+            prepare_s=prepare_s,
+            prepare_peak_rss=sampler.peak_rss,
+            prepare_peak_private=sampler.peak_private,
+            load_s=[r["load_s"] for r in results],
+            load_forward_s=[r["load_forward_s"] for r in results],
+            extra_bytes=sum(actor_growth.values()) + driver_growth + shmem_growth + store_growth,
+            private_growth={"driver": driver_growth, **actor_growth},
+            shmem_growth=shmem_growth,
+            store_growth=store_growth,
+            shared_fraction=[r["shared_fraction"] for r in results],
+            outputs_equal=all(torch.equal(r["output"], expected) for r in results),
+            max_abs_diff=max(diffs),
+        )
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if handle is not None:
+            method.cleanup(handle)
+        del handle
+        gc.collect()
+
+
+def failed_point(method: Method, spec: ModelSpec, n_actors: int, error: str) -> LoadPoint:
+    """A placeholder result for a method that could not run."""
+    return LoadPoint(method.name, spec.to_dict(), n_actors, 0, 0.0, 0, 0, [], [], 0, {}, 0, 0, [], False, 0.0, error)
+
+
+def measure_in_subprocess(method: Method, spec: ModelSpec, n_actors: int, workdir: Path) -> LoadPoint:
+    """Run :func:`measure_load` in a second driver whose environment has ``method.env``.
+
+    Needed for settings Ray reads when it is imported (``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS``):
+    the subprocess sets them before ``import ray``, connects to this cluster, builds the
+    same model (same seed) and reports its point as JSON.
+    """
+    env = dict(os.environ, **dict(method.env))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS_DIR), env.get("PYTHONPATH")]))
+    request = {
+        "address": ray.get_runtime_context().gcs_address,
+        "method": method.name,
+        "spec": spec.to_dict(),
+        "actors": n_actors,
+        "workdir": str(workdir),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchkit.subdriver", json.dumps(request)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in completed.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return LoadPoint(**json.loads(line[len("RESULT ") :]))
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+    return failed_point(method, spec, n_actors, "subprocess failed: " + " | ".join(tail))

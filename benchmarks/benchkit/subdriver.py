@@ -1,0 +1,35 @@
+"""Second driver for methods configured by environment (see ``probe.measure_in_subprocess``).
+
+Usage: ``python -m benchkit.subdriver '<json request>'``; prints ``RESULT <json>``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import ray
+
+from benchkit.methods import METHODS
+from benchkit.models import build_model, spec_from_dict
+from benchkit.probe import measure_load, reference_output
+
+
+def main(request: dict[str, object]) -> None:
+    """Connect to the cluster at ``request['address']`` and measure one point."""
+    ray.init(address=str(request["address"]), log_to_driver=False)
+    try:
+        method = METHODS[str(request["method"])]
+        spec = spec_from_dict(request["spec"])  # type: ignore[arg-type]
+        model = build_model(spec)
+        point = measure_load(
+            method, spec, model, int(request["actors"]), Path(str(request["workdir"])), reference_output(model)
+        )  # type: ignore[call-overload]
+        print("RESULT " + json.dumps(point.to_dict()), flush=True)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
