@@ -1,0 +1,121 @@
+"""``device="cuda:N"``: one host-to-device copy after a zero-copy fetch (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+import ray
+import torch
+from torch import nn
+
+from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def ray_gpu() -> Any:
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 64)
+        self.block = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 1000, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.block(self.embed(tokens)))) * self.scale
+
+
+@ray.remote(num_gpus=0.25, num_cpus=0.5)
+class GpuHolder:
+    def __init__(self, wrapper: ModelWrapper, **load_options: Any) -> None:
+        start = time.perf_counter()
+        self.model = wrapper.load(**load_options)
+        torch.cuda.synchronize()
+        self.load_seconds = time.perf_counter() - start
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.model(tokens.to(device)).cpu()
+
+    def facts(self) -> dict[str, Any]:
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return {
+            "devices": {str(t.device) for t in tensors},
+            "tied": hasattr(self.model, "head") and self.model.head.weight is self.model.embed.weight,
+            "load_seconds": self.load_seconds,
+        }
+
+    def write(self) -> float:
+        with torch.no_grad():
+            self.model.block.weight.add_(1.0)
+        return float(self.model.block.weight.sum())
+
+
+def reference(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's output computed on the GPU here (on a copy: the model stays on the CPU)."""
+    with torch.no_grad():
+        return copy.deepcopy(model).cuda()(tokens.cuda()).cpu()
+
+
+def test_actor_loads_onto_the_gpu_with_ties_kept(ray_gpu: None) -> None:
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    tokens = torch.randint(0, 1000, (4, 16))
+    wrapper = ActorWrapper(model, device="cuda:0")
+    actor = GpuHolder.remote(wrapper)
+    facts = ray.get(actor.facts.remote())
+    assert facts["devices"] == {"cuda:0"} and facts["tied"]
+    assert torch.allclose(ray.get(actor.run.remote(tokens)), reference(model, tokens), atol=1e-5)
+
+
+def test_gpu_copy_is_private_and_writable(ray_gpu: None) -> None:
+    torch.manual_seed(1)
+    model = TiedLM().eval()
+    wrapper = ActorWrapper(model)
+    writer = GpuHolder.remote(wrapper, device="cuda:0")
+    reader = GpuHolder.remote(wrapper)  # CPU, zero-copy
+    before = float(model.block.weight.detach().sum())
+    assert ray.get(writer.write.remote()) == pytest.approx(before + 64 * 64, rel=1e-4)
+    tokens = torch.randint(0, 1000, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(ray.get(reader.run.remote(tokens)), model(tokens))
+    assert ray.get(GpuHolder.remote(wrapper, device="cuda:0").facts.remote())["devices"] == {"cuda:0"}
+
+
+def test_task_mode_on_the_gpu(ray_gpu: None) -> None:
+    torch.manual_seed(2)
+    model = TiedLM().eval()
+    tokens = torch.randint(0, 1000, (3, 5)).cuda()
+    wrapped = TaskWrapper(model, device="cuda:0", task_options={"num_gpus": 0.25, "num_cpus": 0.5})
+    out = wrapped(tokens)
+    assert torch.allclose(out.cpu(), reference(model, tokens.cpu()), atol=1e-5)
+
+
+def test_large_model_load_time_to_gpu(ray_gpu: None) -> None:
+    layers = [nn.Linear(4096, 4096, bias=False, device="meta").to_empty(device="cpu") for _ in range(16)]
+    for layer in layers:
+        layer.weight.data.normal_(0, 0.01)
+    model = nn.Sequential(*layers).eval()  # 1 GiB of float32
+    wrapper = ModelWrapper.from_model(model, mode="actor", device="cuda:0")
+    actors = [GpuHolder.remote(wrapper) for _ in range(2)]
+    seconds = [ray.get(a.facts.remote())["load_seconds"] for a in actors]
+    print(f"1 GiB model to cuda:0, per actor load seconds: {seconds}")
+    x = torch.randn(2, 4096)
+    expected = reference(model, x)
+    for actor in actors:
+        assert torch.allclose(ray.get(actor.run.remote(x)), expected, atol=1e-4)
