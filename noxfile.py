@@ -18,9 +18,13 @@ PACKAGES = ("packages/ray-zerocopy-core", "packages/ray-zerocopy-jit", "packages
 SOURCES = tuple(f"{p}/src" for p in PACKAGES)
 UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 
-#: The versions the matrix proves: the lowest supported and the newest of each.
+#: The versions the matrix proves: the lowest supported and the newest of each. torch
+#: wheels other than the local CPU build of 2.13.0 are multi-GB CUDA builds here, so
+#: the matrix names only what installs; add versions where they can be installed.
 MATRIX_TORCH = ["2.13.0"]
 MATRIX_RAY = ["2.43.0", "2.60.0"]
+#: The lower bounds the packages declare; ``tests_minimum`` installs exactly these.
+MINIMUM = {"torch": "2.13.0", "ray": "2.43.0", "numpy": "2.0.2"}
 #: Pairs that cannot be installed together here, with the reason they are skipped.
 INCOMPATIBLE: dict[tuple[str, str], str] = {}
 
@@ -57,6 +61,14 @@ def tests_matrix(session: nox.Session, torch: str, ray: str) -> None:
         session.skip(INCOMPATIBLE[(torch, ray)])
     install_project(session, torch=torch, ray=ray)
     session.install(*TEST_DEPS)
+    run_pytest(session, *UNIT_TESTS)
+
+
+@nox.session
+def tests_minimum(session: nox.Session) -> None:
+    """Unit tests at the declared lower bounds of torch, ray and numpy."""
+    install_project(session, torch=MINIMUM["torch"], ray=MINIMUM["ray"])
+    session.install(f"numpy=={MINIMUM['numpy']}", *TEST_DEPS)
     run_pytest(session, *UNIT_TESTS)
 
 
