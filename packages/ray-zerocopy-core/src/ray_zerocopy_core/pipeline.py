@@ -30,7 +30,9 @@ def find_model_attrs(pipeline: Any) -> list[str]:
     if attributes is None:
         raise PipelineError(
             f"Expected an nn.Module or a pipeline object with models as attributes, got "
-            f"{type(pipeline).__qualname__}, which has no attributes to search."
+            f"{type(pipeline).__qualname__}, which has no attributes to search. Pass the model "
+            "itself, or an object that holds the models as attributes (lists and dicts of "
+            "models are not searched)."
         )
     return [name for name, value in attributes.items() if find_backend(value) is not None]
 
@@ -53,6 +55,17 @@ def _check_picklable(skeleton: Any) -> None:
         ) from exc
 
 
+def _check_methods(models: dict[str, Any], method_names: Iterable[str]) -> None:
+    """Raise :class:`PipelineError` for a method name that no model has."""
+    for method in method_names:
+        if not any(callable(getattr(model, method, None)) for model in models.values()):
+            kinds = ", ".join(sorted({type(model).__qualname__ for model in models.values()}))
+            raise PipelineError(
+                f"method_names includes {method!r}, but no model ({kinds}) has such a method. "
+                "Name methods the models define, e.g. method_names=['__call__', 'encode']."
+            )
+
+
 @dataclass
 class SharedPipeline:
     """A pipeline or bare model whose models live in the object store.
@@ -69,9 +82,16 @@ class SharedPipeline:
     nbytes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def share(cls, obj: Any, model_attr_names: Iterable[str] | None = None) -> SharedPipeline:
-        """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store."""
+    def share(
+        cls, obj: Any, model_attr_names: Iterable[str] | None = None, method_names: Iterable[str] = ()
+    ) -> SharedPipeline:
+        """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store.
+
+        ``method_names`` (task mode) must each be a method of at least one model; this is
+        checked here, before anything is stored, rather than in a remote task later.
+        """
         if model_attr_names is None and find_backend(obj) is not None:
+            _check_methods({BARE_MODEL: obj}, method_names)
             return cls._share_models(None, {BARE_MODEL: obj})
         names = list(model_attr_names) if model_attr_names is not None else find_model_attrs(obj)
         if not names:
@@ -83,15 +103,23 @@ class SharedPipeline:
         models = {}
         for name in names:
             if not hasattr(obj, name):
-                raise PipelineError(f"{type(obj).__qualname__} has no attribute {name!r} (from model_attr_names).")
+                found = find_model_attrs(obj) if hasattr(obj, "__dict__") else []
+                raise PipelineError(
+                    f"{type(obj).__qualname__} has no attribute {name!r} (from model_attr_names). "
+                    f"Name attributes that hold models; found: {', '.join(map(repr, found)) or 'none'}."
+                )
             value = getattr(obj, name)
             try:
                 backend_for(value)
             except PipelineError:
                 raise
             except Exception as exc:
-                raise PipelineError(f"Attribute {name!r} of {type(obj).__qualname__} cannot be shared: {exc}") from exc
+                raise PipelineError(
+                    f"Attribute {name!r} of {type(obj).__qualname__} cannot be shared: {exc} "
+                    "model_attr_names must name attributes that hold models (nn.Module or ScriptModule)."
+                ) from exc
             models[name] = value
+        _check_methods(models, method_names)
         skeleton = copy.copy(obj)
         for name in names:
             setattr(skeleton, name, None)

@@ -85,7 +85,9 @@ class ModelWrapper:
         self._method_names = tuple(method_names) if method_names else self.default_method_names
         self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable)
         self._task_options = dict(task_options or {})
-        self._shared = SharedPipeline.share(model_or_pipeline, model_attr_names)
+        self._shared = SharedPipeline.share(
+            model_or_pipeline, model_attr_names, self._method_names if mode == "task" else ()
+        )
         self._task_pipeline: Any = None
 
     @classmethod
