@@ -15,7 +15,7 @@ byte lies on a page that holds nothing but this model's bytes: this is what lets
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,7 +51,6 @@ class TensorTable:
 
     entries: tuple[TensorEntry, ...]
     buffers: tuple[np.ndarray, ...]
-    devices: tuple[str, ...] = field(default=())
 
     @property
     def storages(self) -> tuple[np.ndarray, ...]:
@@ -130,14 +129,12 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
 
     entries: list[TensorEntry | None] = [None] * len(tensors)
     buffers: list[np.ndarray] = [_pad()]
-    devices: list[str] = []
-    for (device, _), positions in keyed.items():
+    for positions in keyed.values():
         extents = [_byte_extent(tensors[p][1]) for p in positions]
         span_start = min(start for start, _ in extents)
         span_end = max(end for _, end in extents)
         storage_index = len(buffers) - 1
         buffers.append(_storage_bytes(tensors[positions[0]][1], span_start, span_end))
-        devices.append(device)
         for position, (start, _) in zip(positions, extents):
             tensor = tensors[position][1]
             entries[position] = TensorEntry(
@@ -150,7 +147,7 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
                 requires_grad=tensor.requires_grad,
             )
     buffers.append(_pad())
-    return TensorTable(tuple(e for e in entries if e is not None), tuple(buffers), tuple(devices))
+    return TensorTable(tuple(e for e in entries if e is not None), tuple(buffers))
 
 
 def rebuild_tensors(table: TensorTable, storages: Sequence[torch.Tensor]) -> list[torch.Tensor]:

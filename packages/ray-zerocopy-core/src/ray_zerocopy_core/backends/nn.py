@@ -53,12 +53,9 @@ class NNBackend:
 
 
 def finish_model(model: Any, options: LoadOptions) -> Any:
-    """Switch to eval mode and freeze parameters unless a writable copy was asked for."""
+    """Put a rebuilt module in eval mode (its parameters were rebuilt without grad)."""
     if isinstance(model, nn.Module):
         model.eval()
-        if not options.use_fast_load:
-            for parameter in model.parameters():
-                parameter.requires_grad_(options.writable and parameter.requires_grad)
     return model
 
 
