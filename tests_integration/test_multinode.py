@@ -1,0 +1,90 @@
+"""Two raylets on this machine (``ray.cluster_utils.Cluster``): one copy per node, equal results.
+
+Each node has its own object store. An actor pinned to each node loads the model; Ray
+pulls the object to the second node once, so the object's locations are exactly the
+two nodes (a plasma store holds an object id at most once), and a second actor on the
+same node maps that same copy rather than pulling another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import ray
+import torch
+from memory import aliases_object_store
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from torch import nn
+
+from ray_zerocopy import ActorWrapper
+
+MIB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[Cluster]:
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 150 * MIB, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1, object_store_memory=150 * MIB)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@ray.remote(num_cpus=0.1)
+class Predictor:
+    def __init__(self, wrapper: ActorWrapper) -> None:
+        self.model = wrapper.load()
+
+    def where(self) -> tuple[str, int]:
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def zero_copy(self) -> bool:
+        return all(aliases_object_store(t) for t in self.model.state_dict().values())
+
+
+def test_actors_on_two_nodes_share_one_copy_per_node(two_nodes: Cluster) -> None:
+    node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    assert len(node_ids) == 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 4096), nn.ReLU(), nn.Linear(4096, 512))  # ~16 MiB
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    wrapper = ActorWrapper(model)
+    (ref,) = wrapper.constructor_kwargs["model_refs"].values()
+
+    def pinned(node_id: str) -> Predictor:
+        return Predictor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
+            wrapper
+        )
+
+    actors = [pinned(node_ids[0]), pinned(node_ids[1]), pinned(node_ids[1])]
+    placed = ray.get([a.where.remote() for a in actors], timeout=300)
+    assert [node for node, _ in placed] == [node_ids[0], node_ids[1], node_ids[1]]
+
+    x = torch.randn(4, 512)
+    expected = model(x).detach()
+    for output in ray.get([a.predict.remote(x) for a in actors], timeout=300):
+        assert torch.allclose(output, expected)
+
+    # Every actor maps its node's object store; no actor holds a private copy.
+    assert ray.get([a.zero_copy.remote() for a in actors], timeout=300) == [True, True, True]
+
+    locations = ray.experimental.get_object_locations([ref])[ref]
+    assert sorted(locations["node_ids"]) == node_ids, locations
+    assert locations["object_size"] >= weight_bytes
+    for actor in actors:
+        ray.kill(actor)
