@@ -28,7 +28,7 @@ def stored_layout(data_bytes: int) -> list[np.ndarray]:
 
 def test_every_data_byte_lies_on_a_protected_page() -> None:
     buffers = stored_layout(10_000)
-    start, end = protection.inner_page_range(buffers)
+    start, end = protection.inner_page_range(protection.buffer_spans(buffers))
     data = buffers[1]
     assert start % PAGE_SIZE == 0 and end % PAGE_SIZE == 0
     assert start <= data.ctypes.data and data.ctypes.data + data.nbytes <= end
@@ -37,14 +37,14 @@ def test_every_data_byte_lies_on_a_protected_page() -> None:
 
 def test_scattered_buffers_are_not_protected() -> None:
     scattered = [np.zeros(PAGE_SIZE, np.uint8), np.ones(100, np.uint8), np.zeros(PAGE_SIZE, np.uint8)]
-    assert not protection.laid_out_together(scattered)
-    assert protection.protect(scattered) is None
+    assert not protection.laid_out_together(protection.buffer_spans(scattered))
+    assert protection.protect(protection.buffer_spans(scattered)) is None
     scattered[1][0] = 5  # still writable
 
 
 def test_pages_become_writable_again_when_released() -> None:
     buffers = stored_layout(3 * PAGE_SIZE)
-    region = protection.protect(buffers)
+    region = protection.protect(protection.buffer_spans(buffers))
     assert region is not None and region.nbytes >= 3 * PAGE_SIZE
     del region
     gc.collect()
@@ -59,7 +59,7 @@ def test_a_write_stops_the_process_and_names_the_fix() -> None:
         from ray_zerocopy_core import protection
         from test_protection import stored_layout
         buffers = stored_layout(8 * 4096)
-        region = protection.protect(buffers)
+        region = protection.protect(protection.buffer_spans(buffers))
         weights = torch.from_numpy(buffers[1]).view(torch.float32)
         print("protected", flush=True)
         weights.add_(1.0)

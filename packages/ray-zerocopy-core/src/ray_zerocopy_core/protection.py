@@ -67,26 +67,34 @@ def _mprotect(start: int, length: int, prot: int) -> None:
         raise OSError(errno, f"mprotect failed: {os.strerror(errno)}")
 
 
-def laid_out_together(buffers: Sequence[np.ndarray]) -> bool:
-    """Whether ``buffers`` lie one after another in one allocation, as Ray writes them.
+#: (address, size in bytes) of one buffer in memory.
+Span = tuple[int, int]
+
+
+def buffer_spans(buffers: Sequence[np.ndarray]) -> list[Span]:
+    """The (address, size) of each buffer, read once (numpy's ``ctypes.data`` is not free)."""
+    return [(int(b.ctypes.data), int(b.nbytes)) for b in buffers]
+
+
+def laid_out_together(spans: Sequence[Span]) -> bool:
+    """Whether the buffers lie one after another in one allocation, as Ray writes them.
 
     Only then is every page between the first and the last buffer theirs alone. Tensor
     tables that were never stored (the driver's own model) are scattered in the heap
     and must not be protected.
     """
     previous_end = None
-    for buffer in buffers:
-        start = int(buffer.ctypes.data)
+    for start, size in spans:
         if previous_end is not None and not 0 <= start - previous_end < PAGE_SIZE:
             return False
-        previous_end = start + int(buffer.nbytes)
+        previous_end = start + size
     return True
 
 
-def inner_page_range(buffers: Sequence[np.ndarray]) -> tuple[int, int]:
-    """The page-aligned [start, end) range lying wholly inside the span of ``buffers``."""
-    first = min(int(b.ctypes.data) for b in buffers)
-    last = max(int(b.ctypes.data) + int(b.nbytes) for b in buffers)
+def inner_page_range(spans: Sequence[Span]) -> tuple[int, int]:
+    """The page-aligned [start, end) range lying wholly inside the extent of ``spans``."""
+    first = min(start for start, _ in spans)
+    last = max(start + size for start, size in spans)
     start = -(-first // PAGE_SIZE) * PAGE_SIZE
     end = last // PAGE_SIZE * PAGE_SIZE
     return start, max(start, end)
@@ -95,13 +103,12 @@ def inner_page_range(buffers: Sequence[np.ndarray]) -> tuple[int, int]:
 class ProtectedRegion:
     """Owns a read-only page range; makes it writable again when garbage-collected.
 
-    Tensors built over object-store memory keep this object alive (it is their base),
-    so the pages stay protected exactly as long as any of those tensors exists.
+    Tensors built over object-store memory keep this object alive (through their
+    base array), so the pages stay protected exactly as long as any such tensor exists.
     """
 
-    def __init__(self, buffers: Sequence[np.ndarray]) -> None:
-        self.buffers = tuple(buffers)
-        self.start, self.end = inner_page_range(self.buffers)
+    def __init__(self, spans: Sequence[Span]) -> None:
+        self.start, self.end = inner_page_range(spans)
         self._finalizer: weakref.finalize | None = None
         if self.end > self.start:
             _mprotect(self.start, self.end - self.start, _PROT_READ)
@@ -124,21 +131,22 @@ def _unprotect(start: int, end: int) -> None:
         logger.debug("could not restore write access to %#x-%#x", start, end)
 
 
-def protect(buffers: Sequence[np.ndarray]) -> ProtectedRegion | None:
-    """Make the pages under ``buffers`` read-only in this process, if the platform allows.
+def protect(spans: Sequence[Span]) -> ProtectedRegion | None:
+    """Make the pages under the buffers at ``spans`` read-only in this process, if possible.
 
-    ``buffers`` must be framed by one-page pads (see ``representation``), so that every
-    page protected belongs to them alone. Returns the region (keep it alive as long as
-    the memory is used) or ``None`` where protection is unsupported.
+    The buffers must be framed by one-page pads (see ``representation``) and laid out
+    together (:func:`laid_out_together`), so that every page protected is theirs alone;
+    otherwise nothing is protected. Returns the region (keep it alive as long as the
+    memory is used) or ``None`` where nothing was protected.
     """
     if not protection_supported():
         logger.debug("write protection is not available on %s; weights are unprotected", sys.platform)
         return None
-    if not laid_out_together(buffers):
+    if not laid_out_together(spans):
         logger.debug("buffers are not one stored object; leaving them unprotected")
         return None
     install_fault_explainer()
-    return ProtectedRegion(buffers)
+    return ProtectedRegion(spans)
 
 
 # --- the fault explainer -------------------------------------------------------------

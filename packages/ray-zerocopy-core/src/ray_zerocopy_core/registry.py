@@ -48,6 +48,13 @@ KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
 )
 
 
+#: Backends that ship in core, by entry-point value. Core declares them as entry points
+#: too (so discovery lists them), but loading one does not need discovery: scanning every
+#: installed distribution's entry points costs ~10-20 ms in each fresh worker, which
+#: would otherwise be most of a zero-copy load.
+_CORE_BACKENDS: Mapping[str, str] = MappingProxyType({"nn": "ray_zerocopy_core.backends.nn:NNBackend"})
+
+
 class _Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -72,7 +79,12 @@ class _Registry:
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
-            entry_point = self._discover().get(name)
+            if self._entry_points is None and name in _CORE_BACKENDS:
+                entry_point: metadata.EntryPoint | None = metadata.EntryPoint(
+                    name, _CORE_BACKENDS[name], ENTRY_POINT_GROUP
+                )
+            else:
+                entry_point = self._discover().get(name)
             if entry_point is None:
                 known = KNOWN_BACKENDS.get(name)
                 if known is not None:

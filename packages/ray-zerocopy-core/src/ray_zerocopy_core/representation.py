@@ -150,16 +150,22 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
     return TensorTable(tuple(e for e in entries if e is not None), tuple(buffers))
 
 
-def rebuild_tensors(table: TensorTable, storages: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Recreate every indexed tensor as a view into ``storages`` (same order as the index)."""
+def rebuild_tensors(table: TensorTable, bases: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """Recreate every indexed tensor as a view of its storage (same order as the index).
+
+    ``bases[i]`` is a uint8 tensor holding storage ``i`` and the byte offset of the
+    storage inside it.
+    """
     tensors: list[torch.Tensor] = []
     for entry in table.entries:
-        raw = storages[entry.storage]
+        base, storage_offset = bases[entry.storage]
         itemsize = entry.dtype.itemsize
-        if not entry.shape or all(entry.shape):
-            usable = (raw.numel() - entry.byte_offset) // itemsize * itemsize
-            flat = raw[entry.byte_offset : entry.byte_offset + usable].view(entry.dtype)
+        start = base.storage_offset() + storage_offset + entry.byte_offset
+        if start % itemsize == 0:
+            view = torch.empty(0, dtype=entry.dtype, device=base.device)
+            tensors.append(view.set_(base.untyped_storage(), start // itemsize, entry.shape, entry.stride))
+        else:  # a tensor not aligned to its own element size inside the storage
+            raw = base[storage_offset + entry.byte_offset :]
+            flat = raw[: raw.numel() // itemsize * itemsize].view(entry.dtype)
             tensors.append(flat.as_strided(entry.shape, entry.stride))
-        else:
-            tensors.append(torch.empty(entry.shape, dtype=entry.dtype, device=raw.device))
     return tensors
