@@ -3,12 +3,17 @@
 :func:`measure_load` is the one measurement every method goes through. Actors are
 started and warmed first (torch imported, kernels initialized on a tiny model), then
 all of them are asked to load at the same moment; each times its own load and first
-forward. Memory is counted as :mod:`benchkit.memory` describes.
+forward. Memory is counted as :mod:`benchkit.memory` describes, once after every actor has
+loaded (``extra_bytes_loaded``) and once more after every first forward (``extra_bytes``:
+a forward can add private memory, e.g. bfloat16 kernels' workspaces, whatever the method).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
+import io
 import json
 import os
 import subprocess
@@ -29,7 +34,15 @@ from benchkit.memory import (
     shared_fraction,
 )
 from benchkit.methods import METHODS, Method
-from benchkit.models import ModelSpec, TransformerLike, make_input, spec_from_dict, trace, weight_bytes
+from benchkit.models import (
+    ModelSpec,
+    TransformerLike,
+    blank_model,
+    make_input,
+    spec_from_dict,
+    trace,
+    weight_bytes,
+)
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,6 +61,7 @@ class LoadPoint:
     load_s: list[float]
     load_forward_s: list[float]
     extra_bytes: int
+    extra_bytes_loaded: int
     private_growth: dict[str, int]
     shmem_growth: int
     store_growth: int
@@ -74,32 +88,44 @@ class LoadProbe:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec_from_dict(spec)
         self.model: Any = None
-        tiny = TransformerLike(16, tied=self.spec.tied).to(self.spec.torch_dtype).eval()
-        with torch.no_grad():
-            if self.spec.scripted:
-                tiny = trace(tiny)
-                tiny(make_input())
-            tiny(make_input())
+        warm_up(self.spec)
 
     def ready(self) -> tuple[int, int]:
         """This worker's pid and private bytes before loading."""
         gc.collect()
         return os.getpid(), private_bytes()
 
-    def load(self, method: str, handle: Any) -> dict[str, Any]:
-        """Load with ``method``, run the first forward; timings, output, where weights live."""
+    def load(self, method: str, handle: Any) -> tuple[float, float]:
+        """Load with ``method``; seconds taken and the fraction of weights in shared memory."""
         start = time.perf_counter()
         self.model = METHODS[method].load(handle, self.spec)
-        loaded = time.perf_counter()
+        return time.perf_counter() - start, shared_fraction(self.model)
+
+    def forward(self) -> tuple[float, torch.Tensor]:
+        """The first forward of the loaded model: seconds taken and its output."""
+        start = time.perf_counter()
         with torch.no_grad():
             output = self.model(make_input())
-        done = time.perf_counter()
-        return {
-            "load_s": loaded - start,
-            "load_forward_s": done - start,
-            "output": output,
-            "shared_fraction": shared_fraction(self.model),
-        }
+        return time.perf_counter() - start, output
+
+
+def warm_up(spec: ModelSpec) -> None:
+    """Pay one-time costs of a fresh worker before any timer starts: kernels, meta-device
+    model construction, the torch.load unpickler, library imports."""
+    tiny = TransformerLike(16, tied=spec.tied).to(spec.torch_dtype).eval()
+    with torch.no_grad():
+        if spec.scripted:
+            tiny = trace(tiny)
+            tiny(make_input())
+        tiny(make_input())
+    blank_model(ModelSpec(1, spec.dtype, spec.tied)).to_empty(device="cpu")
+    buffer = io.BytesIO()
+    torch.save(tiny.state_dict(), buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    for module in ("ray_zerocopy_core", "ray_zerocopy_jit", "safetensors.torch"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def reference_output(model: torch.nn.Module) -> torch.Tensor:
@@ -127,12 +153,16 @@ def measure_load(
             start = time.perf_counter()
             handle = method.prepare(model, spec, workdir)
             prepare_s = time.perf_counter() - start
-        results = ray.get([actor.load.remote(method.name, handle) for actor in actors])
+        loads = ray.get([actor.load.remote(method.name, handle) for actor in actors])
         gc.collect()
+        loaded_bytes = sum(private_bytes(pid) - before for pid, before in ready) + private_bytes() - driver0
+        loaded_bytes += meminfo_shmem() - shmem0 + object_store_bytes_used() - store0
+        forwards = ray.get([actor.forward.remote() for actor in actors])
         actor_growth = {str(pid): private_bytes(pid) - before for pid, before in ready}
         driver_growth = private_bytes() - driver0
         shmem_growth, store_growth = meminfo_shmem() - shmem0, object_store_bytes_used() - store0
-        diffs = [float((r["output"].float() - expected.float()).abs().max()) for r in results]
+        outputs = [output for _, output in forwards]
+        diffs = [float((output.float() - expected.float()).abs().max()) for output in outputs]
         return LoadPoint(
             method=method.name,
             spec=spec.to_dict(),
@@ -141,14 +171,15 @@ def measure_load(
             prepare_s=prepare_s,
             prepare_peak_rss=sampler.peak_rss,
             prepare_peak_private=sampler.peak_private,
-            load_s=[r["load_s"] for r in results],
-            load_forward_s=[r["load_forward_s"] for r in results],
+            load_s=[load_s for load_s, _ in loads],
+            load_forward_s=[load_s + forward_s for (load_s, _), (forward_s, _) in zip(loads, forwards)],
             extra_bytes=sum(actor_growth.values()) + driver_growth + shmem_growth + store_growth,
+            extra_bytes_loaded=loaded_bytes,
             private_growth={"driver": driver_growth, **actor_growth},
             shmem_growth=shmem_growth,
             store_growth=store_growth,
-            shared_fraction=[r["shared_fraction"] for r in results],
-            outputs_equal=all(torch.equal(r["output"], expected) for r in results),
+            shared_fraction=[fraction for _, fraction in loads],
+            outputs_equal=all(torch.equal(output, expected) for output in outputs),
             max_abs_diff=max(diffs),
         )
     finally:
@@ -162,7 +193,7 @@ def measure_load(
 
 def failed_point(method: Method, spec: ModelSpec, n_actors: int, error: str) -> LoadPoint:
     """A placeholder result for a method that could not run."""
-    return LoadPoint(method.name, spec.to_dict(), n_actors, 0, 0.0, 0, 0, [], [], 0, {}, 0, 0, [], False, 0.0, error)
+    return LoadPoint(method.name, spec.to_dict(), n_actors, 0, 0.0, 0, 0, [], [], 0, 0, {}, 0, 0, [], False, 0.0, error)
 
 
 def measure_in_subprocess(method: Method, spec: ModelSpec, n_actors: int, workdir: Path) -> LoadPoint:

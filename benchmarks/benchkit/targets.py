@@ -1,0 +1,415 @@
+"""Rendering a run: one markdown table per figure, the DESIGN.md targets, the plots.
+
+Every target is checked as a ratio between methods measured in the same run, so a
+slow or busy machine moves both sides together.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from benchkit.methods import METHODS, ZERO_COPY_ALTERNATIVES
+from benchkit.report import median_max, mib, plot_lines, seconds, table
+
+Point = dict[str, Any]
+
+MEMORY_METHOD = (
+    "Extra memory = growth, from just before the driver step to just after every actor "
+    "has loaded and run its first forward, of: `Pss - Pss_Shmem` (/proc/PID/smaps_rollup) "
+    "summed over the actors and the driver, plus `Shmem` of /proc/meminfo (files in "
+    "/dev/shm), plus the bytes Ray's object store reports in use (the store is written "
+    "over once at start-up, so its pages no longer move `Shmem`). PSS splits shared pages "
+    "between processes, so no page is counted twice. `Shmem` is machine-wide: other "
+    "processes on the machine can disturb it."
+)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _select(points: Iterable[Point], **where: Any) -> list[Point]:
+    """Points whose fields (or spec fields) equal ``where``."""
+    chosen = []
+    for point in points:
+        fields = {**point["spec"], **point}
+        if all(fields.get(key) == value for key, value in where.items()):
+            chosen.append(point)
+    return chosen
+
+
+def _one(points: Iterable[Point], **where: Any) -> Point | None:
+    found = [p for p in _select(points, **where) if not p.get("error")]
+    return found[0] if found else None
+
+
+def _cell(point: Point | None, render: Callable[[Point], str], missing: str = "-") -> str:
+    if point is None:
+        return missing
+    if point.get("error"):
+        return point["error"] if point["error"].startswith("n/a") else "failed"
+    return render(point)
+
+
+def _ratio(point: Point) -> float:
+    """Extra memory / weights after every first forward."""
+    return point["extra_bytes"] / point["weight_bytes"]
+
+
+def _loaded_ratio(point: Point) -> float:
+    """Extra memory / weights after every load, before the forwards."""
+    return point["extra_bytes_loaded"] / point["weight_bytes"]
+
+
+def _base_points(points: list[Point]) -> list[Point]:
+    """Untied float32 eager points (size and actor sweeps)."""
+    return [p for p in points if p["spec"] == {**p["spec"], "dtype": "float32", "tied": False, "scripted": False}]
+
+
+def _label(name: str) -> str:
+    return METHODS[name].label
+
+
+def size_tables(points: list[Point], sizes: list[int], actors: int, methods: list[str]) -> list[str]:
+    """Load, load + forward, memory and driver step against model size."""
+    base = _base_points(points)
+    headers = ["method"] + [f"{size} MiB" for size in sizes]
+    out = []
+    figures: list[tuple[str, Callable[[Point], str]]] = [
+        (f"Load per actor, median (max), {actors} actors loading at once", lambda p: median_max(p["load_s"])),
+        (f"Load + first forward per actor, median (max), {actors} actors", lambda p: median_max(p["load_forward_s"])),
+        (
+            f"Extra physical memory for {actors} actors / weight bytes: after load, after first forward",
+            lambda p: f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
+        ),
+        (
+            "Driver step (wrap, put or save): time, peak RSS growth / weights",
+            lambda p: f"{seconds(p['prepare_s'])}, {p['prepare_peak_rss'] / p['weight_bytes']:.2f}",
+        ),
+    ]
+    for title, render in figures:
+        rows = []
+        for name in methods:
+            cells = [
+                _cell(_one(base, method=name, size_mib=size, actors=actors) or _first_error(base, name, size), render)
+                for size in sizes
+            ]
+            rows.append([_label(name), *cells])
+        out.append(f"### {title}\n\n" + table(headers, rows))
+    return out
+
+
+def _first_error(points: list[Point], name: str, size: int) -> Point | None:
+    errors = [p for p in _select(points, method=name, size_mib=size) if p.get("error")]
+    return errors[0] if errors else None
+
+
+def actor_tables(points: list[Point], size: int, counts: list[int], methods: list[str]) -> list[str]:
+    """Load, load + forward and memory against the number of actors."""
+    base = _base_points(points)
+    headers = ["method"] + [f"{n} actor{'s' if n > 1 else ''}" for n in counts]
+    out = []
+    for title, render in (
+        (f"Load per actor vs actor count, {size} MiB, median (max)", lambda p: median_max(p["load_s"])),
+        (f"Load + first forward vs actor count, {size} MiB, median (max)", lambda p: median_max(p["load_forward_s"])),
+        (
+            f"Extra memory / weights vs actor count, {size} MiB: after load, after first forward",
+            lambda p: f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
+        ),
+    ):
+        rows = [
+            [_label(n), *[_cell(_one(base, method=n, size_mib=size, actors=c), render) for c in counts]]
+            for n in methods
+        ]
+        out.append(f"### {title}\n\n" + table(headers, rows))
+    return out
+
+
+def point_rows(points: list[Point]) -> list[list[str]]:
+    """One row per point: model, method, load, load + forward, memory, driver, checks."""
+    rows = []
+    for p in points:
+        spec_label = f"{p['spec']['size_mib']} MiB {p['spec']['dtype']}" + (" tied" if p["spec"]["tied"] else "")
+        if p.get("error"):
+            rows.append([spec_label, _label(p["method"]), p["error"], "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                spec_label,
+                _label(p["method"]),
+                median_max(p["load_s"]),
+                median_max(p["load_forward_s"]),
+                f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
+                seconds(p["prepare_s"]),
+                "yes" if p["outputs_equal"] else f"no (max diff {p['max_abs_diff']:.2g})",
+                f"{min(p['shared_fraction']):.0%}",
+            ]
+        )
+    return rows
+
+
+POINT_HEADERS = [
+    "model",
+    "method",
+    "load, median (max)",
+    "load + forward",
+    "memory / weights (load, forward)",
+    "driver step",
+    "outputs equal",
+    "weights in shared memory",
+]
+
+
+def task_table(task: list[dict[str, Any]]) -> str:
+    """Task-mode latency per call."""
+    rows = [
+        [
+            f"{t['size_mib']} MiB",
+            seconds(t["local_s"]),
+            seconds(t["bare_task_s"]),
+            seconds(t["zerocopy_s"]),
+            f"{t['overhead_s'] * 1e3:+.1f} ms",
+        ]
+        for t in task
+    ]
+    headers = ["model", "local call (1 thread)", "bare Ray task", "TaskWrapper call (warm)", "overhead beyond both"]
+    return "### Task mode: per-call latency, median of 20 calls\n\n" + table(headers, rows)
+
+
+def data_table(data: list[dict[str, Any]]) -> str:
+    """Ray Data map_batches with an actor pool."""
+    rows = [
+        [
+            _label(d["method"]),
+            f"{d['size_mib']} MiB",
+            d["rows"],
+            d["pool"],
+            seconds(d["first_batch_s"]),
+            seconds(d["total_s"]),
+        ]
+        for d in data
+    ]
+    headers = ["method", "model", "rows", "actor pool", "time to first batch", "total time"]
+    return "### Ray Data `map_batches` with an actor pool\n\n" + table(headers, rows)
+
+
+def _best_alternative(base: list[Point], size: int, actors: int, key: str) -> tuple[str, float] | None:
+    candidates = []
+    for name in ZERO_COPY_ALTERNATIVES:
+        point = _one(base, method=name, size_mib=size, actors=actors)
+        if point:
+            candidates.append((statistics.median(point[key]), name))
+    if not candidates:
+        return None
+    value, name = min(candidates)
+    return name, value
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The DESIGN.md targets: target, measured, met / not met."""
+    points = results.get("points", [])
+    base = _base_points(points)
+    sizes = results["args"]["size"]
+    actors = results["args"]["load_actors"]
+    rows: list[list[str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+    for key, title, limit in (
+        ("load_s", "per-actor load <= 0.5 x best zero-copy alternative", 0.5),
+        ("load_forward_s", "load + first forward <= best zero-copy alternative", 1.0),
+    ):
+        parts, ratios = [], []
+        for size in sizes:
+            zc = _one(base, method="zerocopy", size_mib=size, actors=actors)
+            best = _best_alternative(base, size, actors, key)
+            if zc and best:
+                ratio = statistics.median(zc[key]) / best[1]
+                ratios.append(ratio)
+                parts.append(
+                    f"{size} MiB: {ratio:.2f} ({seconds(statistics.median(zc[key]))} vs {seconds(best[1])} {best[0]})"
+                )
+        rows.append([title, "; ".join(parts) or "-", verdict(max(ratios) <= limit if ratios else None)])
+
+    loads = [(s, _one(base, method="zerocopy", size_mib=s, actors=actors)) for s in sizes]
+    loads = [(s, statistics.median(p["load_s"])) for s, p in loads if p]
+    if len(loads) >= 2:
+        spread = max(v for _, v in loads) / min(v for _, v in loads)
+        rows.append(
+            [
+                f"load flat in size ({loads[0][0]}-{loads[-1][0]} MiB): slowest / fastest median <= 2",
+                f"{spread:.2f} ({', '.join(seconds(v) for _, v in loads)})",
+                verdict(spread <= 2.0),
+            ]
+        )
+
+    zc_points = [p for p in points if p["method"] == "zerocopy" and not p.get("error")]
+    if zc_points:
+        worst = max(zc_points, key=_loaded_ratio)
+        tied = [p for p in zc_points if p["spec"]["tied"]]
+        measured = (
+            f"after load: max {_loaded_ratio(worst):.3f} ({worst['spec']['size_mib']} MiB {worst['spec']['dtype']}, "
+            f"{worst['actors']} actors)"
+        )
+        if tied:
+            measured += f", tied max {max(map(_loaded_ratio, tied)):.3f}"
+        after_forward = max(zc_points, key=_ratio)
+        measured += (
+            f"; after first forward: max {_ratio(after_forward):.3f} ({after_forward['spec']['size_mib']} MiB "
+            f"{after_forward['spec']['dtype']})"
+        )
+        rows.append(
+            [
+                "extra memory for N actors <= 1.02 x weights, tied included (verdict: after load)",
+                measured,
+                verdict(_loaded_ratio(worst) <= 1.02),
+            ]
+        )
+
+    largest = max(sizes)
+    zc = _one(base, method="zerocopy", size_mib=largest, actors=actors)
+    if zc:
+        memcpy = results.get("memcpy_s", {}).get(str(largest)) or results.get("memcpy_s", {}).get(largest)
+        note = "" if largest >= 1024 else f" (largest size run: {largest} MiB)"
+        rows.append(
+            [
+                "driver wrap <= 1.0 s at 1 GiB",
+                f"{seconds(zc['prepare_s'])}{note}; one memcpy of the weights {seconds(memcpy)}",
+                verdict(zc["prepare_s"] <= 1.0 * largest / 1024 if largest < 1024 else zc["prepare_s"] <= 1.0),
+            ]
+        )
+        peak = zc["prepare_peak_rss"] / zc["weight_bytes"]
+        rows.append(
+            [
+                "peak extra driver memory while wrapping <= 1.1 x weights",
+                f"RSS {peak:.2f} x (private {zc['prepare_peak_private'] / zc['weight_bytes']:.2f} x){note}",
+                verdict(peak <= 1.1),
+            ]
+        )
+
+    task = results.get("task")
+    if task:
+        overheads = [t["overhead_s"] for t in task]
+        rows.append(
+            [
+                "task mode: per call <= local + bare Ray task + 2 ms, flat in size",
+                ", ".join(f"{t['size_mib']} MiB: {t['overhead_s'] * 1e3:+.1f} ms" for t in task),
+                verdict(max(overheads) <= 0.002),
+            ]
+        )
+
+    jit_zc = [p for p in points if p["method"] == "jit_zerocopy"]
+    if jit_zc:
+        p = jit_zc[0]
+        size = p["spec"]["size_mib"]
+        if p.get("error"):
+            rows.append([f"TorchScript {size} MiB, {p['actors']} actors: load <= 20 ms", p["error"], "n/a"])
+            rows.append(["TorchScript: memory <= 1.05 x", p["error"], "n/a"])
+        else:
+            load = statistics.median(p["load_s"])
+            rows.append(
+                [f"TorchScript {size} MiB, {p['actors']} actors: load <= 20 ms", seconds(load), verdict(load <= 0.02)]
+            )
+            rows.append(["TorchScript: memory <= 1.05 x", f"{_ratio(p):.3f}", verdict(_ratio(p) <= 1.05)])
+    return rows
+
+
+def machine_lines(machine: dict[str, Any], elapsed: float | None) -> str:
+    """The run's date, machine and versions as a bullet list."""
+    lines = [
+        f"- date: {machine['date']}",
+        f"- machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB memory",
+        f"- platform: {machine['platform']}",
+        f"- versions: Python {machine['python']}, torch {machine['torch']}, ray {machine['ray']}, "
+        f"ray-zerocopy {machine['ray_zerocopy']}",
+    ]
+    if elapsed:
+        lines.append(f"- run time: {elapsed / 60:.1f} min")
+    return "\n".join(lines)
+
+
+def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") -> str:
+    """All tables as markdown; writes the plots into ``out``."""
+    args = results["args"]
+    points = results.get("points", [])
+    methods = [m for m in args["methods"] if not METHODS[m].scripted]
+    sections = [
+        "## Machine\n\n" + machine_lines(results["machine"], results.get("elapsed_s")),
+        "## Targets (DESIGN.md, as ratios in this run)\n\n"
+        + table(["target", "measured", "verdict"], target_rows(results)),
+    ]
+    models = results.get("models", {})
+    if models:
+        sections.append(
+            "## Models\n\n"
+            + table(
+                ["model", "weight bytes", "tensors"],
+                [[k, mib(v["weight_bytes"]), v["tensors"]] for k, v in models.items()],
+            )
+        )
+    sections.append(
+        "## Against model size\n\n" + "\n\n".join(size_tables(points, args["size"], args["load_actors"], methods))
+    )
+    counts = sorted(set(args["actors"]) | ({args["load_actors"]} if args["sweep_size"] in args["size"] else set()))
+    sections.append(
+        "## Against actor count\n\n" + "\n\n".join(actor_tables(points, args["sweep_size"], counts, methods))
+    )
+    variants = [p for p in points if p["figure"] == "variants"]
+    if variants:
+        sections.append("## Variants: tied weights, bfloat16\n\n" + table(POINT_HEADERS, point_rows(variants)))
+    jit = [p for p in points if p["figure"] == "jit"]
+    if jit:
+        sections.append("## TorchScript (traced)\n\n" + table(POINT_HEADERS, point_rows(jit)))
+    checks = _select(points, figure="size") + _select(points, figure="actors")
+    if checks:
+        sections.append(
+            "## Every size and actor-count point: outputs and where the weights live\n\n"
+            + table(POINT_HEADERS, point_rows(checks))
+        )
+    if results.get("task"):
+        sections.append(task_table(results["task"]))
+    if results.get("data"):
+        sections.append(data_table(results["data"]))
+    sections.append("## How memory is measured\n\n" + MEMORY_METHOD)
+    sections.append(
+        "## Plots\n\n" + "\n".join(f"![{name}]({plot_prefix}{name}.png)" for name in write_plots(results, out))
+    )
+    return "# ray-zerocopy benchmark results\n\n" + "\n\n".join(sections) + "\n"
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[str]:
+    """load_vs_size, load_forward_vs_size, memory_vs_actors, load_vs_actors (PNG); their names."""
+    args = results["args"]
+    base = [p for p in _base_points(results.get("points", [])) if not p.get("error")]
+    methods = [m for m in args["methods"] if not METHODS[m].scripted]
+    by_size = [p for p in base if p["actors"] == args["load_actors"]]
+    by_actors = [p for p in base if p["spec"]["size_mib"] == args["sweep_size"]]
+    figures = (
+        ("load_vs_size", by_size, "size_mib", "load_s", "Per-actor load vs model size", "model size (MiB)", True),
+        (
+            "load_forward_vs_size",
+            by_size,
+            "size_mib",
+            "load_forward_s",
+            "Per-actor load + first forward vs model size",
+            "model size (MiB)",
+            True,
+        ),
+        ("memory_vs_actors", by_actors, "actors", None, "Extra memory / weights vs actors", "actors", False),
+        ("load_vs_actors", by_actors, "actors", "load_s", "Per-actor load vs actors", "actors", True),
+    )
+    for name, chosen, x_key, y_key, title, xlabel, logy in figures:
+        series = {}
+        for method in methods:
+            series[_label(method)] = [
+                ({**p["spec"], **p}[x_key], statistics.median(p[y_key]) if y_key else _ratio(p))
+                for p in _select(chosen, method=method)
+            ]
+        detail = f"{args['load_actors']} actors" if x_key == "size_mib" else f"{args['sweep_size']} MiB"
+        ylabel = "seconds (median)" if y_key else "extra memory / weight bytes (after forward)"
+        plot_lines(out / f"{name}.png", f"{title} ({detail})", xlabel, ylabel, series, logy=logy)
+    return [figure[0] for figure in figures]
