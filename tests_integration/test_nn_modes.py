@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -258,3 +259,36 @@ def test_wrong_mode_and_bad_arguments_say_what_to_do(lm: TinyLM) -> None:
         ActorWrapper(object.__new__(Pipeline))
     with pytest.raises(ray_zerocopy.PipelineError, match="has no attribute 'missing'"):
         ActorWrapper(Pipeline(), model_attr_names=["missing"])
+
+
+def test_prefault_maps_the_weights_in_before_the_first_forward() -> None:
+    layers = [nn.Linear(1024, 1024, bias=False) for _ in range(16)]  # 64 MiB
+    model = nn.Sequential(*layers).eval()
+
+    @ray.remote(num_cpus=0.25)
+    class Prefaulted:
+        def __init__(self, wrapper: ActorWrapper) -> None:
+            self.before = self.resident_shmem()
+            self.model = wrapper.load()
+            for thread in threading.enumerate():
+                if thread.name == "ray-zerocopy-prefault":
+                    thread.join()
+            self.after = self.resident_shmem()
+
+        @staticmethod
+        def resident_shmem() -> int:
+            with open("/proc/self/status") as status:
+                line = next(line for line in status if line.startswith("RssShmem:"))
+            return int(line.split()[1]) * 1024
+
+        def growth(self) -> int:
+            return self.after - self.before
+
+        def call(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.model(x)
+
+    actor = Prefaulted.remote(ActorWrapper(model, prefault=True))
+    assert ray.get(actor.growth.remote()) >= 64 * 1024**2
+    x = torch.randn(2, 1024)
+    assert torch.equal(ray.get(actor.call.remote(x)), model(x))

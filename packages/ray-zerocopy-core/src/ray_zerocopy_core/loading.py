@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from ray_zerocopy_core.backend import LoadOptions
-from ray_zerocopy_core.protection import ProtectedRegion, Span, buffer_spans, laid_out_together, protect
+from ray_zerocopy_core.protection import (
+    ProtectedRegion,
+    Span,
+    buffer_spans,
+    laid_out_together,
+    prefault_in_background,
+    protect,
+)
 from ray_zerocopy_core.representation import TensorTable, rebuild_tensors
 
 #: The exact warning torch gives when wrapping read-only memory; only silenced on the
@@ -52,9 +59,12 @@ def storage_bases(table: TensorTable, options: LoadOptions) -> list[tuple[torch.
     spans = buffer_spans(table.buffers)
     if laid_out_together(spans):
         region = protect(spans) if options.zero_copy else None
-        whole = torch.from_numpy(np.asarray(_StoredSpan(spans, region)))
+        span = _StoredSpan(spans, region)
+        whole = torch.from_numpy(np.asarray(span))
         if not options.zero_copy:
             whole = _private_copy(whole, options)
+        elif options.prefault:
+            prefault_in_background(span.start, span.start + whole.numel(), keep_alive=whole)
         return [(whole, address - spans[0][0]) for address, _ in spans[1:-1]]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NOT_WRITABLE_WARNING, category=UserWarning)

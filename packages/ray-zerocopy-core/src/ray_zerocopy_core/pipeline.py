@@ -16,7 +16,7 @@ import ray
 from ray import cloudpickle
 
 from ray_zerocopy_core.backend import LoadOptions
-from ray_zerocopy_core.errors import PipelineError, WrapperReleasedError
+from ray_zerocopy_core.errors import BackendNotInstalledError, PipelineError, WrapperReleasedError
 from ray_zerocopy_core.registry import backend_for, find_backend
 from ray_zerocopy_core.store import put_payload, rebuild_model
 
@@ -111,7 +111,7 @@ class SharedPipeline:
             value = getattr(obj, name)
             try:
                 backend_for(value)
-            except PipelineError:
+            except (PipelineError, BackendNotInstalledError):
                 raise
             except Exception as exc:
                 raise PipelineError(

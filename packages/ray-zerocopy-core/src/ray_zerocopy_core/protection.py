@@ -50,8 +50,36 @@ def _load_libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         libc.mprotect.restype = ctypes.c_int
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise.restype = ctypes.c_int
         _libc = libc
     return _libc
+
+
+_MADV_POPULATE_READ = 22  # Linux 5.14+
+
+
+def prefault_in_background(start: int, end: int, keep_alive: object) -> threading.Thread | None:
+    """Fault pages [start, end) into this process from a daemon thread; return the thread.
+
+    ``madvise(MADV_POPULATE_READ)`` maps every page without copying it; ctypes drops
+    the GIL during the call, so the caller goes on while the pages come in.
+    ``keep_alive`` (the object owning the memory) is held until the thread is done.
+    """
+    libc = _load_libc()
+    if libc is None or end <= start:
+        return None
+    start -= start % PAGE_SIZE  # madvise wants a page-aligned start
+
+    def populate() -> None:
+        if libc.madvise(start, end - start, _MADV_POPULATE_READ) != 0:
+            logger.debug("MADV_POPULATE_READ unavailable (errno %d); pages fault in on use", ctypes.get_errno())
+        del holder[:]
+
+    holder = [keep_alive]
+    thread = threading.Thread(target=populate, name="ray-zerocopy-prefault", daemon=True)
+    thread.start()
+    return thread
 
 
 def protection_supported() -> bool:

@@ -53,7 +53,10 @@ class ModelWrapper:
             (default ``("__call__",)``).
         device: where loaded models go: ``None``/``"cpu"`` (zero-copy) or e.g. ``"cuda:0"``.
         use_fast_load: leave parameters as plain tensors instead of ``nn.Parameter``.
-        writable: load private, writable copies instead of read-only shared weights.
+        writable: load private, writable copies instead of read-only shared weights
+            (parameters still come with ``requires_grad=False``; turn it on to train).
+        prefault: after a zero-copy load, fault the weight pages in from a background
+            thread, so the first forward runs at full speed sooner.
         task_options: task mode only: Ray options for each task (``num_cpus``,
             ``num_gpus``, ``resources``...).
     """
@@ -71,6 +74,7 @@ class ModelWrapper:
         use_fast_load: bool = False,
         writable: bool = False,
         task_options: dict[str, Any] | None = None,
+        prefault: bool = False,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be 'actor' or 'task', got {mode!r}.")
@@ -83,7 +87,7 @@ class ModelWrapper:
             method_names = (method_names,)
         self._mode: Mode = mode
         self._method_names = tuple(method_names) if method_names else self.default_method_names
-        self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable)
+        self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
         self._task_options = dict(task_options or {})
         self._shared = SharedPipeline.share(
             model_or_pipeline, model_attr_names, self._method_names if mode == "task" else ()
@@ -146,6 +150,7 @@ class ModelWrapper:
         device: str | torch.device | None = None,
         use_fast_load: bool | None = None,
         writable: bool | None = None,
+        prefault: bool | None = None,
     ) -> Any:
         """Return the ready pipeline (or model).
 
@@ -158,6 +163,7 @@ class ModelWrapper:
             device=self._options.device if device is None else device,
             use_fast_load=self._options.use_fast_load if use_fast_load is None else use_fast_load,
             writable=self._options.writable if writable is None else writable,
+            prefault=self._options.prefault if prefault is None else prefault,
         )
         if self._mode == "actor":
             return load_pipeline(self._shared, options)
@@ -244,6 +250,7 @@ class ActorWrapper(ModelWrapper):
         device: str | torch.device | None = None,
         use_fast_load: bool = False,
         writable: bool = False,
+        prefault: bool = False,
     ) -> None:
         super().__init__(
             pipeline,
@@ -252,4 +259,5 @@ class ActorWrapper(ModelWrapper):
             device=device,
             use_fast_load=use_fast_load,
             writable=writable,
+            prefault=prefault,
         )
