@@ -78,7 +78,7 @@ def integration(session: nox.Session) -> None:
     install_project(session, extras="[jit]")
     session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib")
     session.install("--no-deps", "tests_integration/fixtures/toy-backend")
-    run_pytest(session, "tests_integration")
+    run_pytest(session, "-m", "not slow", "tests_integration")
 
 
 @nox.session
