@@ -1,0 +1,122 @@
+"""Load on one node: many actors on one model, many task calls; no errors, memory flat.
+
+Memory is each worker's private memory (``Pss - Pss_Shmem`` from ``smaps_rollup``,
+see ``memory.private_bytes``): object-store pages are shmem and not counted, so an
+actor that copied its weights, or a worker that leaked per call, would grow here.
+The full sizes are marked ``slow`` (``pytest -m slow``); small variants run by default.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import ray
+import torch
+from memory import aliases_object_store, private_bytes
+from torch import nn
+
+from ray_zerocopy import ActorWrapper, TaskWrapper
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+MIB = 1024**2
+
+
+class Probed(nn.Module):
+    """A model of ``mib`` MiB that can report on the worker process it runs in."""
+
+    def __init__(self, mib: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(256, mib * MIB // (256 * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def probe(self) -> tuple[int, int, int, bool]:
+        from ray_zerocopy_core.modes.task import worker_cache
+
+        return os.getpid(), private_bytes(), worker_cache().misses, aliases_object_store(self.linear.weight)
+
+
+@ray.remote(num_cpus=0.1)
+class Replica:
+    def __init__(self, wrapper: ActorWrapper) -> None:
+        self.before = private_bytes()
+        self.model = wrapper.load()
+        self.model(torch.ones(1, 256))  # touch every weight page once
+
+    def report(self) -> tuple[int, int, bool]:
+        return self.before, private_bytes(), aliases_object_store(self.model.linear.weight)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@pytest.mark.parametrize("n_actors", [4, pytest.param(16, marks=pytest.mark.slow)])
+def test_many_actors_share_one_model(n_actors: int) -> None:
+    model = Probed(64)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    wrapper = ActorWrapper(model)
+    replicas = [Replica.remote(wrapper) for _ in range(n_actors)]
+    x = torch.randn(3, 256)
+    expected = model(x).detach()
+    for output in ray.get([r.predict.remote(x) for r in replicas], timeout=600):
+        assert torch.allclose(output, expected)
+    reports = ray.get([r.report.remote() for r in replicas], timeout=600)
+    growth = [after - before for before, after, _ in reports]
+    print(f"{n_actors} actors: private memory growth per actor from load + forward (MiB):", [g // MIB for g in growth])
+    assert all(shared for _, _, shared in reports)
+    # Loading maps the shared copy: far less private growth than one copy of the weights.
+    assert max(growth) < weight_bytes // 2, growth
+    for replica in replicas:
+        ray.kill(replica)
+
+
+def probe_workers(wrapper: TaskWrapper, calls: int) -> dict[int, tuple[int, int, bool]]:
+    """pid -> (private bytes, cache misses, zero-copy) for the task workers that answer."""
+    seen: dict[int, tuple[int, int, bool]] = {}
+    for _ in range(calls):
+        pid, private, misses, shared = wrapper.probe()
+        seen[pid] = (private, misses, shared)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("sequential", "concurrent"), [(100, 40), pytest.param(1000, 200, marks=pytest.mark.slow)], ids=["small", "full"]
+)
+def test_many_task_calls(sequential: int, concurrent: int) -> None:
+    model = Probed()
+    # One CPU per task: at most two workers on this 2-CPU Ray, both kept, so the same
+    # processes serve calls from the first to the last (Ray trims idle extra workers).
+    wrapper = TaskWrapper(model, method_names=["__call__", "probe"])
+    x = torch.randn(2, 256)
+    expected = model(x).detach()
+    for _ in range(20):  # warm the workers and their caches
+        assert torch.allclose(wrapper(x), expected)
+    before = probe_workers(wrapper, 10)
+
+    for _ in range(sequential):
+        assert torch.allclose(wrapper(x), expected)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outputs = list(pool.map(lambda _: wrapper(x), range(concurrent)))
+    assert len(outputs) == concurrent
+    assert all(torch.allclose(output, expected) for output in outputs)
+
+    after = probe_workers(wrapper, 10)
+    assert all(shared for _, _, shared in after.values())  # the cached model maps the object store
+    # Rebuilt at most once per worker (during warm-up), then served from the cache.
+    assert all(after[pid][1] == before[pid][1] for pid in set(before) & set(after)), (before, after)
+    # Private memory of the workers that answered before, read now from the driver (same
+    # machine); probes reach whichever worker Ray picks, /proc reaches them all.
+    alive = [pid for pid in before if os.path.exists(f"/proc/{pid}")]
+    assert alive, before
+    growth = {pid: private_bytes(pid) - before[pid][0] for pid in alive}
+    print(
+        f"{sequential} + {concurrent} calls: private memory growth per worker (KiB):",
+        {p: g // 1024 for p, g in growth.items()},
+    )
+    # Flat: not even 16 KiB per call.
+    assert max(growth.values()) < 16 * 1024 * sequential, growth
