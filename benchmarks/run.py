@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a one-minute run: small models, fewer points")
     parser.add_argument("--size", action="append", type=int_list, help="model sizes in MiB (repeatable or comma list)")
     parser.add_argument("--actors", type=int_list, help="actor counts for the actor sweep (e.g. 1,2,4,8)")
-    parser.add_argument("--load-actors", type=int, default=4, help="actors loading at once in the size sweep")
+    parser.add_argument(
+        "--load-actors", type=int, help="actors loading at once in the size sweep (default 4, --quick 2)"
+    )
     parser.add_argument("--sweep-size", type=int, help="model size (MiB) of the actor sweep and the variants")
     parser.add_argument(
         "--methods",
@@ -58,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.size = sorted({size for sizes in args.size for size in sizes}) if args.size else None
     if args.quick:
         args.size = args.size or [64]
-        args.actors = args.actors or [4]
+        args.actors = args.actors or [2]
+        args.load_actors = args.load_actors or 2
         args.sweep_size = args.sweep_size or 64
         args.task_sizes = [16, 64]
         args.variant_methods = ["zerocopy"]
@@ -67,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         args.size = args.size or [64, 256, 1024]
         args.actors = args.actors or [1, 2, 4, 8]
+        args.load_actors = args.load_actors or 4
         args.sweep_size = args.sweep_size or 256
         args.task_sizes = [64, 256]
         args.variant_methods = ["zerocopy", *ZERO_COPY_ALTERNATIVES]

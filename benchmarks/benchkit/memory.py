@@ -18,6 +18,9 @@ right after each measurement.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -27,6 +30,17 @@ import numpy as np
 import torch
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
+
+    Called before every baseline and after every timed step, so that memory freed earlier
+    but still held by the allocator does not blur what a method keeps alive.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def smaps_rollup(pid: int | None = None) -> dict[str, int]:

@@ -32,6 +32,7 @@ from benchkit.memory import (
     object_store_bytes_used,
     private_bytes,
     shared_fraction,
+    trim_heap,
 )
 from benchkit.methods import METHODS, Method
 from benchkit.models import (
@@ -92,21 +93,25 @@ class LoadProbe:
 
     def ready(self) -> tuple[int, int]:
         """This worker's pid and private bytes before loading."""
-        gc.collect()
+        trim_heap()
         return os.getpid(), private_bytes()
 
     def load(self, method: str, handle: Any) -> tuple[float, float]:
         """Load with ``method``; seconds taken and the fraction of weights in shared memory."""
         start = time.perf_counter()
         self.model = METHODS[method].load(handle, self.spec)
-        return time.perf_counter() - start, shared_fraction(self.model)
+        elapsed = time.perf_counter() - start
+        trim_heap()
+        return elapsed, shared_fraction(self.model)
 
     def forward(self) -> tuple[float, torch.Tensor]:
         """The first forward of the loaded model: seconds taken and its output."""
         start = time.perf_counter()
         with torch.no_grad():
             output = self.model(make_input())
-        return time.perf_counter() - start, output
+        elapsed = time.perf_counter() - start
+        trim_heap()
+        return elapsed, output
 
 
 def warm_up(spec: ModelSpec) -> None:
@@ -145,7 +150,7 @@ def measure_load(
     """Run ``method`` for ``model`` with ``n_actors`` actors loading at once (see module doc)."""
     actors = [LoadProbe.remote(spec.to_dict()) for _ in range(n_actors)]
     ready = ray.get([actor.ready.remote() for actor in actors])
-    gc.collect()
+    trim_heap()
     shmem0, store0, driver0 = meminfo_shmem(), object_store_bytes_used(), private_bytes()
     handle = None
     try:
@@ -154,10 +159,11 @@ def measure_load(
             handle = method.prepare(model, spec, workdir)
             prepare_s = time.perf_counter() - start
         loads = ray.get([actor.load.remote(method.name, handle) for actor in actors])
-        gc.collect()
+        trim_heap()
         loaded_bytes = sum(private_bytes(pid) - before for pid, before in ready) + private_bytes() - driver0
         loaded_bytes += meminfo_shmem() - shmem0 + object_store_bytes_used() - store0
         forwards = ray.get([actor.forward.remote() for actor in actors])
+        trim_heap()
         actor_growth = {str(pid): private_bytes(pid) - before for pid, before in ready}
         driver_growth = private_bytes() - driver0
         shmem_growth, store_growth = meminfo_shmem() - shmem0, object_store_bytes_used() - store0

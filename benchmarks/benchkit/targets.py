@@ -17,7 +17,8 @@ from benchkit.report import median_max, mib, plot_lines, seconds, table
 Point = dict[str, Any]
 
 MEMORY_METHOD = (
-    "Extra memory = growth, from just before the driver step to just after every actor "
+    "Extra memory = growth (each process's heap trimmed with `malloc_trim` before reading), "
+    "from just before the driver step to just after every actor "
     "has loaded and run its first forward, of: `Pss - Pss_Shmem` (/proc/PID/smaps_rollup) "
     "summed over the actors and the driver, plus `Shmem` of /proc/meminfo (files in "
     "/dev/shm), plus the bytes Ray's object store reports in use (the store is written "
@@ -176,7 +177,7 @@ def task_table(task: list[dict[str, Any]]) -> str:
         for t in task
     ]
     headers = ["model", "local call (1 thread)", "bare Ray task", "TaskWrapper call (warm)", "overhead beyond both"]
-    return "### Task mode: per-call latency, median of 20 calls\n\n" + table(headers, rows)
+    return "### Task mode: per-call latency, median of 30 interleaved calls\n\n" + table(headers, rows)
 
 
 def data_table(data: list[dict[str, Any]]) -> str:
@@ -279,7 +280,7 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
             [
                 "driver wrap <= 1.0 s at 1 GiB",
                 f"{seconds(zc['prepare_s'])}{note}; one memcpy of the weights {seconds(memcpy)}",
-                verdict(zc["prepare_s"] <= 1.0 * largest / 1024 if largest < 1024 else zc["prepare_s"] <= 1.0),
+                verdict(zc["prepare_s"] <= 1.0 if largest >= 1024 else None),
             ]
         )
         peak = zc["prepare_peak_rss"] / zc["weight_bytes"]
@@ -287,7 +288,7 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
             [
                 "peak extra driver memory while wrapping <= 1.1 x weights",
                 f"RSS {peak:.2f} x (private {zc['prepare_peak_private'] / zc['weight_bytes']:.2f} x){note}",
-                verdict(peak <= 1.1),
+                verdict(peak <= 1.1 if largest >= 1024 else None),
             ]
         )
 

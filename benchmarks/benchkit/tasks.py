@@ -29,27 +29,30 @@ def _timed(call: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def measure_task_mode(model: torch.nn.Module, repeats: int = 20, warmup: int = 6) -> dict[str, Any]:
+def measure_task_mode(model: torch.nn.Module, repeats: int = 30, warmup: int = 10) -> dict[str, Any]:
     """Median per-call seconds of the three ways, plus the wrapper's overhead beyond both."""
     from ray_zerocopy_core import TaskWrapper
 
     ids = make_input()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            output_shape = tuple(model(ids).shape)
-            local = _timed(lambda: model(ids), repeats)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        output_shape = tuple(model(ids).shape)
     wrapper = TaskWrapper(model)
+    local: list[float] = []
+    bare: list[float] = []
+    zerocopy: list[float] = []
     try:
         _timed(lambda: wrapper(ids), warmup)  # every worker that may serve a call builds its cache
-        zerocopy = _timed(lambda: wrapper(ids), repeats)
+        _timed(lambda: ray.get(bare_task.remote(ids, output_shape)), warmup)
+        torch.set_num_threads(1)
+        for _ in range(repeats):  # interleaved, so drift on a busy machine hits all three alike
+            zerocopy += _timed(lambda: wrapper(ids), 1)
+            bare += _timed(lambda: ray.get(bare_task.remote(ids, output_shape)), 1)
+            with torch.no_grad():
+                local += _timed(lambda: model(ids), 1)
     finally:
+        torch.set_num_threads(threads)
         wrapper.release()
-    _timed(lambda: ray.get(bare_task.remote(ids, output_shape)), warmup)
-    bare = _timed(lambda: ray.get(bare_task.remote(ids, output_shape)), repeats)
     result = {
         "local_s": statistics.median(local),
         "bare_task_s": statistics.median(bare),
