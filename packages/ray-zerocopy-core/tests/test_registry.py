@@ -150,3 +150,21 @@ def test_register_is_idempotent_and_guards_names(fake_entry_points: list[metadat
 def test_broken_backends_view_is_read_only(fake_entry_points: list[metadata.EntryPoint]) -> None:
     with pytest.raises(TypeError):
         registry.broken_backends()["x"] = "y"  # type: ignore[index]
+
+
+def test_locator_imports_a_backend_without_scanning_entry_points(
+    fake_entry_points: list[metadata.EntryPoint],
+) -> None:
+    locator = registry.backend_locator(SpecialBackend())
+    assert locator == f"{__name__}:SpecialBackend"
+    backend = registry.get_backend("special", locator=locator)
+    assert isinstance(backend, SpecialBackend)
+    assert registry._registry._entry_points is None  # discovery never ran
+
+
+def test_a_stale_locator_falls_back_to_discovery(fake_entry_points: list[metadata.EntryPoint]) -> None:
+    fake_entry_points.append(NN)
+    backend = registry.get_backend("nn", locator="moved_away_module:NNBackend")
+    assert isinstance(backend, NNBackend)
+    with pytest.raises(BackendError, match="No ray-zerocopy backend named 'special'"):
+        registry.get_backend("special", locator="ray_zerocopy_core.backends.nn:NNBackend")  # name mismatch

@@ -52,11 +52,14 @@ class ModelPayload:
         backend: name of the backend that made it and must rebuild it.
         skeleton: the model without its weights, in the backend's own format.
         table: the weights as raw bytes plus their index.
+        backend_locator: ``module:qualname`` of the backend class, so a worker can import
+            it without scanning entry points (filled in when the payload is stored).
     """
 
     backend: str
     skeleton: bytes
     table: TensorTable
+    backend_locator: str = ""
 
     @property
     def nbytes(self) -> int:

@@ -17,7 +17,7 @@ from ray import cloudpickle
 
 from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.errors import BackendNotInstalledError, PipelineError, WrapperReleasedError
-from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
 from ray_zerocopy_core.store import put_payload, rebuild_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
@@ -131,7 +131,9 @@ class SharedPipeline:
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
         for name, model in models.items():
-            payload = backend_for(model).extract(model)
+            backend = backend_for(model)
+            payload = backend.extract(model)
+            payload.backend_locator = backend_locator(backend)
             refs[name] = put_payload(payload, what=f"model {name!r}" if name else "model")
             sizes[name] = payload.nbytes
         return cls(skeleton, refs, sizes)

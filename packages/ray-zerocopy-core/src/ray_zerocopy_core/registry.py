@@ -48,13 +48,6 @@ KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
 )
 
 
-#: Backends that ship in core, by entry-point value. Core declares them as entry points
-#: too (so discovery lists them), but loading one does not need discovery: scanning every
-#: installed distribution's entry points costs ~10-20 ms in each fresh worker, which
-#: would otherwise be most of a zero-copy load.
-_CORE_BACKENDS: Mapping[str, str] = MappingProxyType({"nn": "ray_zerocopy_core.backends.nn:NNBackend"})
-
-
 class _Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -75,16 +68,28 @@ class _Registry:
         with self._lock:
             return sorted(set(self._discover()) | set(self._loaded))
 
-    def get(self, name: str) -> Backend:
+    def _load_located(self, name: str, locator: str) -> Backend | None:
+        """Import a backend straight from ``module:attr``, skipping discovery; None if that fails."""
+        try:
+            loaded = metadata.EntryPoint(name, locator, ENTRY_POINT_GROUP).load()
+            backend = loaded() if isinstance(loaded, type) else loaded
+        except Exception:
+            logger.debug("backend %r not importable from %r; discovering entry points", name, locator)
+            return None
+        if not isinstance(backend, Backend) or backend.name != name:
+            return None
+        self._loaded[name] = backend
+        return backend
+
+    def get(self, name: str, locator: str | None = None) -> Backend:
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
-            if self._entry_points is None and name in _CORE_BACKENDS:
-                entry_point: metadata.EntryPoint | None = metadata.EntryPoint(
-                    name, _CORE_BACKENDS[name], ENTRY_POINT_GROUP
-                )
-            else:
-                entry_point = self._discover().get(name)
+            if locator and self._entry_points is None:
+                located = self._load_located(name, locator)
+                if located is not None:
+                    return located
+            entry_point = self._discover().get(name)
             if entry_point is None:
                 known = KNOWN_BACKENDS.get(name)
                 if known is not None:
@@ -141,14 +146,23 @@ class _Registry:
 _registry = _Registry()
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, *, locator: str | None = None) -> Backend:
     """Return the backend registered as ``name``, importing its plugin on first use.
+
+    ``locator`` (``"module:attr"``, as recorded in a stored payload) lets a fresh worker
+    import the backend directly instead of scanning every installed distribution's
+    entry points, which costs tens of milliseconds; discovery is the fallback.
 
     Raises:
         BackendNotInstalledError: ``name`` is a known backend whose package is missing.
         BackendError: no such backend, or its plugin failed to import.
     """
-    return _registry.get(name)
+    return _registry.get(name, locator)
+
+
+def backend_locator(backend: Backend) -> str:
+    """Where ``backend``'s class lives, as ``module:qualname`` (see :func:`get_backend`)."""
+    return f"{type(backend).__module__}:{type(backend).__qualname__}"
 
 
 def backend_names() -> list[str]:

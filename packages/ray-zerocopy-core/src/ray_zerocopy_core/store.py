@@ -77,4 +77,4 @@ def fetch_payload(ref_or_payload: Any) -> ModelPayload:
 def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:
     """Fetch a stored model and rebuild it with the backend that stored it."""
     payload = fetch_payload(ref_or_payload)
-    return get_backend(payload.backend).rebuild(payload, options)
+    return get_backend(payload.backend, locator=payload.backend_locator or None).rebuild(payload, options)
