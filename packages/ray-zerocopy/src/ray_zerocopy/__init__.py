@@ -24,39 +24,9 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+import ray_zerocopy_core
 from ray_zerocopy._jit_import import JIT_NAMES, import_jit
-from ray_zerocopy_core import (
-    ENTRY_POINT_GROUP,
-    ActorWrapper,
-    Backend,
-    BackendError,
-    BackendNotInstalledError,
-    LoadOptions,
-    ModelPayload,
-    ModelWrapper,
-    ObjectStoreCapacityError,
-    PipelineError,
-    RemoteModel,
-    TaskWrapper,
-    TensorEntry,
-    TensorTable,
-    UnsupportedModelError,
-    WeightsUnavailableError,
-    WrapperReleasedError,
-    WrongModeError,
-    ZeroCopyError,
-    backend_for,
-    backend_names,
-    broken_backends,
-    find_backend,
-    get_backend,
-    load_model_in_actor,
-    load_pipeline_in_actor,
-    prepare_model_for_actors,
-    register_backend,
-    rewrite_pipeline,
-    rewrite_pipeline_for_actors,
-)
+from ray_zerocopy_core import *  # noqa: F403  (every name of core's __all__, listed again below)
 
 try:
     __version__ = metadata.version("ray-zerocopy")
@@ -71,36 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ray_zerocopy' has no attribute {name!r}")
 
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "ActorWrapper",
-    "Backend",
-    "BackendError",
-    "BackendNotInstalledError",
-    "LoadOptions",
-    "ModelPayload",
-    "ModelWrapper",
-    "ObjectStoreCapacityError",
-    "PipelineError",
-    "RemoteModel",
-    "TaskWrapper",
-    "TensorEntry",
-    "TensorTable",
-    "UnsupportedModelError",
-    "WeightsUnavailableError",
-    "WrapperReleasedError",
-    "WrongModeError",
-    "ZeroCopyError",
-    "__version__",
-    "backend_for",
-    "backend_names",
-    "broken_backends",
-    "find_backend",
-    "get_backend",
-    "load_model_in_actor",
-    "load_pipeline_in_actor",
-    "prepare_model_for_actors",
-    "register_backend",
-    "rewrite_pipeline",
-    "rewrite_pipeline_for_actors",
-]
+__all__ = list(ray_zerocopy_core.__all__)
