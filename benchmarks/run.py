@@ -24,7 +24,7 @@ from typing import Any
 import ray
 from benchkit.cluster import machine_info, start_ray
 from benchkit.memory import memcpy_seconds
-from benchkit.methods import EAGER_METHODS, JIT_METHODS, METHODS, ZERO_COPY_ALTERNATIVES
+from benchkit.methods import EAGER_METHODS, JIT_METHODS, METHODS
 from benchkit.models import ModelSpec, build_model, tensor_count, weight_bytes
 from benchkit.probe import LoadPoint, failed_point, measure_in_subprocess, measure_load, reference_output
 from benchkit.targets import render_results
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.load_actors = args.load_actors or 4
         args.sweep_size = args.sweep_size or 256
         args.task_sizes = [64, 256]
-        args.variant_methods = ["zerocopy", *ZERO_COPY_ALTERNATIVES]
+        args.variant_methods = ["zerocopy", "ray_zero_copy_env"]
         args.data_rows, args.data_size = 512, 64
     unknown = set(args.methods) - set(METHODS)
     if unknown:
@@ -141,12 +141,10 @@ class Runner:
         if unavailable:
             return failed_point(method, spec, n_actors, unavailable)
         try:
+            model, expected = self.model(spec)
             if method.env:
-                self._model = self._expected = self._spec = None  # the subprocess builds its own
-                gc.collect()
-                point = measure_in_subprocess(method, spec, n_actors, self.workdir)
+                point = measure_in_subprocess(method, spec, model, n_actors, self.workdir)
             else:
-                model, expected = self.model(spec)
                 point = measure_load(method, spec, model, n_actors, self.workdir, expected)
         except Exception as exc:
             point = failed_point(method, spec, n_actors, f"{type(exc).__name__}: {exc}")
@@ -220,12 +218,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["task"] = task_results
 
             if not args.skip_data:
-                from benchkit.data import measure_data_pipeline
+                from benchkit.data import measure_data_pipeline, warm_up_data_pipeline
 
                 progress(f"figure 6: Ray Data map_batches, {args.data_rows} rows, {args.data_size} MiB, pool of 2")
                 spec = ModelSpec(args.data_size)
                 data_results = []
-                for name in [m for m in ("zerocopy", "ray_put", "torch_load") if m in args.methods]:
+                model, _ = runner.model(spec)
+                warm_up_data_pipeline()
+                for name in [m for m in ("zerocopy", "ray_put") if m in args.methods]:
                     model, _ = runner.model(spec)
                     data = measure_data_pipeline(name, spec, model, runner.workdir, args.data_rows, 16, 2)
                     data_results.append({"size_mib": args.data_size, **data})

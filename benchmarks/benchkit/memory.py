@@ -5,15 +5,18 @@ How the benchmark counts the extra memory of N workers holding a model:
 * private memory: the growth of ``Pss - Pss_Shmem`` (``/proc/PID/smaps_rollup``) of
   each actor and of the driver, from just before the method starts to just after every
   actor has loaded and run its first forward. PSS splits pages shared between
-  processes, so nothing is counted twice; shared-memory pages are left out here;
-* shared memory: the growth of ``Shmem`` in ``/proc/meminfo`` over the same interval
-  (files in ``/dev/shm``, e.g. safetensors), plus the growth of the bytes Ray's object
-  store reports in use. Ray's store keeps the pages it has touched once, so the
-  benchmark touches the whole store at start-up (:func:`pretouch_object_store`): from
-  then on ``Shmem`` no longer moves with the store, and the store's own count stands in.
+  processes, so nothing is counted twice; shared-memory pages are left out here. Each
+  process's heap is trimmed (``malloc_trim``) before each reading, so memory freed but
+  still held by the allocator is not counted;
+* shared memory: the growth of the bytes Ray's object store reports in use, plus the
+  growth of the benchmark's own files in ``/dev/shm`` (allocated blocks; e.g. the
+  safetensors file). Ray's store keeps the pages it has touched, so the benchmark
+  writes over the whole store once at start-up (:func:`pretouch_object_store`); from
+  then on the store's count is its physical growth.
 
-``Shmem`` is machine-wide: other processes can move it; it is sampled right before and
-right after each measurement.
+The growth of ``Shmem`` in ``/proc/meminfo`` is recorded next to it as a cross-check
+(``shmem_growth``), but not summed: it is machine-wide, and other processes on a shared
+machine (other Ray clusters) move it by hundreds of MiB while a point is measured.
 """
 
 from __future__ import annotations
@@ -73,6 +76,21 @@ def meminfo_shmem() -> int:
             if line.startswith("Shmem:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+#: Prefix of every file the benchmark writes into /dev/shm.
+SHM_PREFIX = "ray_zerocopy_bench_"
+
+
+def benchmark_shm_bytes() -> int:
+    """Bytes held by the benchmark's own files in /dev/shm (allocated blocks)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir("/dev/shm"):
+            if entry.name.startswith(SHM_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_blocks * 512
+    return total
 
 
 def object_store_bytes_used() -> int:

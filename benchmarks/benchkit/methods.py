@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchkit.memory import SHM_PREFIX
 from benchkit.models import ModelSpec, blank_model, state_dict_for_files
 
 #: Environment variable of Ray's experimental zero-copy tensor serialization.
@@ -54,7 +55,7 @@ def _remove_file(handle: Any) -> None:
     Path(handle).unlink(missing_ok=True)
 
 
-def _fresh_model(spec: ModelSpec) -> nn.Module:
+def fresh_model(spec: ModelSpec) -> nn.Module:
     """An allocated but uninitialized model, as a user would build before loading weights."""
     model = blank_model(spec).to_empty(device="cpu")
     model.tie_weights()
@@ -92,7 +93,7 @@ def _torch_save(model: nn.Module, spec: ModelSpec, workdir: Path) -> str:
 
 
 def _torch_load(handle: Any, spec: ModelSpec) -> nn.Module:
-    model = _fresh_model(spec)
+    model = fresh_model(spec)
     model.load_state_dict(torch.load(handle, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -122,7 +123,7 @@ def _drop_ref(handle: Any) -> None:
 def _safetensors_save(model: nn.Module, spec: ModelSpec, workdir: Path) -> str:
     from safetensors.torch import save_file
 
-    path = Path("/dev/shm") / f"ray_zerocopy_bench_{os.getpid()}_{spec.size_mib}.safetensors"
+    path = Path("/dev/shm") / f"{SHM_PREFIX}{os.getpid()}_{spec.size_mib}.safetensors"
     save_file(state_dict_for_files(model), str(path))
     return str(path)
 

@@ -28,6 +28,7 @@ import torch
 
 from benchkit.memory import (
     PeakSampler,
+    benchmark_shm_bytes,
     meminfo_shmem,
     object_store_bytes_used,
     private_bytes,
@@ -64,6 +65,7 @@ class LoadPoint:
     extra_bytes: int
     extra_bytes_loaded: int
     private_growth: dict[str, int]
+    shm_files_growth: int
     shmem_growth: int
     store_growth: int
     shared_fraction: list[float]
@@ -151,7 +153,7 @@ def measure_load(
     actors = [LoadProbe.remote(spec.to_dict()) for _ in range(n_actors)]
     ready = ray.get([actor.ready.remote() for actor in actors])
     trim_heap()
-    shmem0, store0, driver0 = meminfo_shmem(), object_store_bytes_used(), private_bytes()
+    files0, shmem0, store0, driver0 = benchmark_shm_bytes(), meminfo_shmem(), object_store_bytes_used(), private_bytes()
     handle = None
     try:
         with PeakSampler() as sampler:
@@ -161,12 +163,13 @@ def measure_load(
         loads = ray.get([actor.load.remote(method.name, handle) for actor in actors])
         trim_heap()
         loaded_bytes = sum(private_bytes(pid) - before for pid, before in ready) + private_bytes() - driver0
-        loaded_bytes += meminfo_shmem() - shmem0 + object_store_bytes_used() - store0
+        loaded_bytes += benchmark_shm_bytes() - files0 + object_store_bytes_used() - store0
         forwards = ray.get([actor.forward.remote() for actor in actors])
         trim_heap()
         actor_growth = {str(pid): private_bytes(pid) - before for pid, before in ready}
         driver_growth = private_bytes() - driver0
-        shmem_growth, store_growth = meminfo_shmem() - shmem0, object_store_bytes_used() - store0
+        files_growth, store_growth = benchmark_shm_bytes() - files0, object_store_bytes_used() - store0
+        shmem_growth = meminfo_shmem() - shmem0
         outputs = [output for _, output in forwards]
         diffs = [float((output.float() - expected.float()).abs().max()) for output in outputs]
         return LoadPoint(
@@ -179,9 +182,10 @@ def measure_load(
             prepare_peak_private=sampler.peak_private,
             load_s=[load_s for load_s, _ in loads],
             load_forward_s=[load_s + forward_s for (load_s, _), (forward_s, _) in zip(loads, forwards)],
-            extra_bytes=sum(actor_growth.values()) + driver_growth + shmem_growth + store_growth,
+            extra_bytes=sum(actor_growth.values()) + driver_growth + files_growth + store_growth,
             extra_bytes_loaded=loaded_bytes,
             private_growth={"driver": driver_growth, **actor_growth},
+            shm_files_growth=files_growth,
             shmem_growth=shmem_growth,
             store_growth=store_growth,
             shared_fraction=[fraction for _, fraction in loads],
@@ -199,16 +203,23 @@ def measure_load(
 
 def failed_point(method: Method, spec: ModelSpec, n_actors: int, error: str) -> LoadPoint:
     """A placeholder result for a method that could not run."""
-    return LoadPoint(method.name, spec.to_dict(), n_actors, 0, 0.0, 0, 0, [], [], 0, 0, {}, 0, 0, [], False, 0.0, error)
+    return LoadPoint(
+        method.name, spec.to_dict(), n_actors, 0, 0.0, 0, 0, [], [], 0, 0, {}, 0, 0, 0, [], False, 0.0, error
+    )
 
 
-def measure_in_subprocess(method: Method, spec: ModelSpec, n_actors: int, workdir: Path) -> LoadPoint:
+def measure_in_subprocess(
+    method: Method, spec: ModelSpec, model: torch.nn.Module, n_actors: int, workdir: Path
+) -> LoadPoint:
     """Run :func:`measure_load` in a second driver whose environment has ``method.env``.
 
     Needed for settings Ray reads when it is imported (``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS``):
-    the subprocess sets them before ``import ray``, connects to this cluster, builds the
-    same model (same seed) and reports its point as JSON.
+    the subprocess sets them before ``import ray``, connects to this cluster, loads the
+    same weights (handed over as a state dict in /dev/shm, deleted before it measures) and
+    reports its point as JSON.
     """
+    handoff = Path("/dev/shm") / f"ray_zerocopy_handoff_{os.getpid()}.pt"
+    torch.save(model.state_dict(), handoff)
     env = dict(os.environ, **dict(method.env))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS_DIR), env.get("PYTHONPATH")]))
     request = {
@@ -217,14 +228,18 @@ def measure_in_subprocess(method: Method, spec: ModelSpec, n_actors: int, workdi
         "spec": spec.to_dict(),
         "actors": n_actors,
         "workdir": str(workdir),
+        "handoff": str(handoff),
     }
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchkit.subdriver", json.dumps(request)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchkit.subdriver", json.dumps(request)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        handoff.unlink(missing_ok=True)
     for line in completed.stdout.splitlines():
         if line.startswith("RESULT "):
             return LoadPoint(**json.loads(line[len("RESULT ") :]))

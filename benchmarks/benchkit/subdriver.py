@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import ray
+import torch
 
-from benchkit.methods import METHODS
-from benchkit.models import build_model, spec_from_dict
+from benchkit.methods import METHODS, fresh_model
+from benchkit.models import spec_from_dict
 from benchkit.probe import measure_load, reference_output
 
 
@@ -22,7 +23,11 @@ def main(request: dict[str, object]) -> None:
     try:
         method = METHODS[str(request["method"])]
         spec = spec_from_dict(request["spec"])  # type: ignore[arg-type]
-        model = build_model(spec)
+        handoff = Path(str(request["handoff"]))
+        model = fresh_model(spec)
+        model.load_state_dict(torch.load(handoff, weights_only=True))
+        model.eval().requires_grad_(False)
+        handoff.unlink()
         point = measure_load(
             method, spec, model, int(request["actors"]), Path(str(request["workdir"])), reference_output(model)
         )  # type: ignore[call-overload]
