@@ -23,6 +23,7 @@ from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendError, BackendNotI
 
 logger = logging.getLogger(__name__)
 
+#: The entry-point group under which distributions declare backends (``name = "module:Class"``).
 ENTRY_POINT_GROUP = "ray_zerocopy.backends"
 
 

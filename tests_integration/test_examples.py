@@ -1,0 +1,118 @@
+"""Run every script under ``examples/`` as its own process and fail if one breaks.
+
+Each example starts (and shuts down) its own small local Ray, so these tests do not use
+the ``ray_local`` fixture. A script counts as passing when it exits with status 0; the
+examples check their own results with ``assert``.
+
+The custom-backend example needs its plugin distribution installed. The ``integration``
+nox session installs it; elsewhere the test installs it into this interpreter's
+environment (``pip install --no-deps -e examples/custom_backend``) on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CUSTOM_BACKEND = EXAMPLES / "custom_backend"
+PLUGIN_ENTRY_POINT = "embedding-table"
+TIMEOUT_S = 300  # generous: the examples take ~20 s each, mostly Ray start-up, on 2 busy cores
+
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def run_script(path: Path, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run ``path`` with this interpreter in its own process group; kill the group on timeout."""
+    # RAY_ADDRESS=local: start a private Ray even if another cluster runs on this machine
+    # (ray.init() would otherwise connect to it, and refuse num_cpus=...).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the Ray processes it starts join its group
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{path.name} ran longer than {timeout} s:\n{out[-6000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def check(result: subprocess.CompletedProcess[str], name: str) -> None:
+    assert result.returncode == 0, f"{name} exited with {result.returncode}:\n{result.stdout[-6000:]}"
+
+
+#: A line each example prints once it has checked its results.
+EXPECTED_OUTPUT = {
+    "quickstart.py": "actors answered the same as the local model",
+    "ray_data_actor_pool.py": "labelled 200 rows",
+    "plain_actors.py": "actors agree with the local model",
+    "task_mode.py": "ran as Ray tasks",
+    "multi_model_pipeline.py": "task mode: same labels",
+    "torchscript_task_and_actor.py": "JITActorWrapper: 2 actors agree",
+    "gpu_placement.py": "the actor's model ran on",
+    "serve_deployment.py": "8 requests answered",
+}
+
+
+def test_every_example_is_listed() -> None:
+    expected = set(EXPECTED_OUTPUT)
+    assert expected <= set(SCRIPTS)
+    assert set(SCRIPTS) <= set(EXPECTED_OUTPUT), "add the new example's success line to EXPECTED_OUTPUT"
+    for name in SCRIPTS:
+        source = (EXAMPLES / name).read_text()
+        assert source.lstrip().startswith('"""'), f"{name} has no module docstring"
+        assert "ray.shutdown()" in source, f"{name} does not shut Ray down"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_example_runs(name: str) -> None:
+    result = run_script(EXAMPLES / name)
+    check(result, name)
+    assert EXPECTED_OUTPUT.get(name, "") in result.stdout
+    if name == "gpu_placement.py" and not torch_has_cuda():
+        assert "No CUDA GPU found: running on the CPU" in result.stdout
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def embedding_plugin() -> None:
+    """Make sure the example plugin distribution is installed (its entry point visible)."""
+    group = metadata.entry_points(group="ray_zerocopy.backends")
+    if any(ep.name == PLUGIN_ENTRY_POINT for ep in group):
+        return
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(CUSTOM_BACKEND)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"could not install {CUSTOM_BACKEND}:\n{done.stdout}\n{done.stderr}")
+
+
+def test_custom_backend_example_runs(embedding_plugin: None) -> None:
+    result = run_script(CUSTOM_BACKEND / "use_embedding_backend.py")
+    check(result, "custom_backend/use_embedding_backend.py")
+    assert "shared by the 'embedding-table' backend" in result.stdout
+
+
+def test_custom_backend_plugin_tests_pass(embedding_plugin: None) -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CUSTOM_BACKEND / "tests")]
+    done = subprocess.run(command, cwd=CUSTOM_BACKEND, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
