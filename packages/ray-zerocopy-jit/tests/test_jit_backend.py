@@ -264,3 +264,15 @@ def test_meta_weights_are_refused() -> None:
     module = script(model)
     with pytest.raises(UnsupportedModelError, match="meta"):
         payload_of(module)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_gets_every_tensor_and_constant(script_module: torch.jit.ScriptModule) -> None:
+    rebuilt = round_trip(script_module, device="cuda:0")
+    tensors = dict([*rebuilt.named_parameters(), *rebuilt.named_buffers()])
+    assert tensors and all(t.device.type == "cuda" for t in tensors.values())
+    assert rebuilt.head.weight.data_ptr() == rebuilt.embed.weight.data_ptr()
+    out = rebuilt(X.cuda())  # traced graph constants (the Tower's scale) were mapped to cuda too
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), script_module(X), rtol=1e-4, atol=1e-5)
