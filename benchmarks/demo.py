@@ -114,8 +114,8 @@ def main() -> None:
         f"{naive.memory_ratio:.2f} x. Driver private memory now {mib(private_bytes())}."
     )
     print(
-        "Memory = growth of Pss - Pss_Shmem of the actors and the driver, plus growth of "
-        "Shmem (/proc/meminfo) and of Ray's object store bytes in use."
+        "Extra memory = growth of Pss - Pss_Shmem (/proc/PID/smaps_rollup) of the actors and the "
+        "driver, after load and first forward, plus the growth of Ray's object store bytes in use."
     )
     print(f"Done in {time.perf_counter() - start:.0f} s.")
     if not all(point.outputs_equal for point in points):

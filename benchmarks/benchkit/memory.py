@@ -171,6 +171,27 @@ class PeakSampler:
         self._sample()
 
 
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+
+def wait_for_quiet(idle_fraction: float = 0.7, window: float = 0.2, timeout: float = 1.5) -> float:
+    """Wait (at most ``timeout`` s) until the machine's CPUs are ``idle_fraction`` idle over a
+    ``window``, so workers still starting or exiting do not run inside a timed load; the
+    machine-wide idle fraction last seen is returned."""
+    deadline = time.monotonic() + timeout
+    idle = 0.0
+    while True:
+        total0, idle0 = _cpu_times()
+        time.sleep(window)
+        total1, idle1 = _cpu_times()
+        idle = (idle1 - idle0) / max(1, total1 - total0)
+        if idle >= idle_fraction or time.monotonic() >= deadline:
+            return idle
+
+
 def memcpy_seconds(model: torch.nn.Module) -> float:
     """Time to copy every weight once into fresh memory (``empty_like(t).copy_(t)``)."""
     tensors = {t.untyped_storage().data_ptr(): t for t in list(model.parameters()) + list(model.buffers())}

@@ -89,6 +89,10 @@ class TransformerLike(nn.Module):
         if self.tied:
             self.head.weight = self.embed.weight
 
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Only the embedding lookup: a call whose own cost does not grow with the model."""
+        return self.embed(ids)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
         for block in self.blocks:

@@ -34,6 +34,7 @@ from benchkit.memory import (
     private_bytes,
     shared_fraction,
     trim_heap,
+    wait_for_quiet,
 )
 from benchkit.methods import METHODS, Method
 from benchkit.models import (
@@ -93,10 +94,14 @@ class LoadProbe:
         self.model: Any = None
         warm_up(self.spec)
 
-    def ready(self) -> tuple[int, int]:
-        """This worker's pid and private bytes before loading."""
+    def ready(self) -> int:
+        """This worker's pid, once it is warmed up."""
+        return os.getpid()
+
+    def baseline(self) -> int:
+        """Private bytes right before loading (heap trimmed)."""
         trim_heap()
-        return os.getpid(), private_bytes()
+        return private_bytes()
 
     def load(self, method: str, handle: Any) -> tuple[float, float]:
         """Load with ``method``; seconds taken and the fraction of weights in shared memory."""
@@ -151,7 +156,8 @@ def measure_load(
 ) -> LoadPoint:
     """Run ``method`` for ``model`` with ``n_actors`` actors loading at once (see module doc)."""
     actors = [LoadProbe.remote(spec.to_dict()) for _ in range(n_actors)]
-    ready = ray.get([actor.ready.remote() for actor in actors])
+    pids = ray.get([actor.ready.remote() for actor in actors])
+    wait_for_quiet()
     trim_heap()
     files0, shmem0, store0, driver0 = benchmark_shm_bytes(), meminfo_shmem(), object_store_bytes_used(), private_bytes()
     handle = None
@@ -160,6 +166,7 @@ def measure_load(
             start = time.perf_counter()
             handle = method.prepare(model, spec, workdir)
             prepare_s = time.perf_counter() - start
+        ready = list(zip(pids, ray.get([actor.baseline.remote() for actor in actors])))
         loads = ray.get([actor.load.remote(method.name, handle) for actor in actors])
         trim_heap()
         loaded_bytes = sum(private_bytes(pid) - before for pid, before in ready) + private_bytes() - driver0
