@@ -195,6 +195,9 @@ class JITBackend:
     def extract(self, model: Any) -> ModelPayload:
         """Save ``model``'s code without weights; index its tensors' bytes (no copy).
 
+        The weights are swapped out of ``model`` while it is saved and put back before
+        this returns; do not run the model from another thread meanwhile.
+
         Raises:
             UnsupportedModelError: ``model`` is frozen, or holds a tensor that cannot be
                 shared (meta, sparse, quantized...).
@@ -207,7 +210,8 @@ class JITBackend:
         slots, tensors = find_slots(model)
         table = build_table(tensors)
         skeleton = save_skeleton(model, slots)
-        inlined = inlined_tensor_bytes(skeleton) - sum(t.element_size() for _, t in tensors)
+        placeholder_bytes = sum(tensors[slot.index][1].element_size() for slot in slots)
+        inlined = inlined_tensor_bytes(skeleton) - placeholder_bytes
         if inlined >= INLINED_WARNING_BYTES:
             warnings.warn(
                 f"{inlined / 1024**2:.2f} MiB of tensors in this ScriptModule are graph constants "
