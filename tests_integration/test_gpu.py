@@ -119,3 +119,15 @@ def test_large_model_load_time_to_gpu(ray_gpu: None) -> None:
     expected = reference(model, x)
     for actor in actors:
         assert torch.allclose(ray.get(actor.run.remote(x)), expected, atol=1e-4)
+
+
+def test_torchscript_model_loads_onto_the_gpu(ray_gpu: None) -> None:
+    from ray_zerocopy import JITActorWrapper
+
+    torch.manual_seed(3)
+    eager = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    traced = torch.jit.trace(eager, torch.randn(1, 32))
+    x = torch.randn(4, 32)
+    actor = GpuHolder.remote(JITActorWrapper(traced, device="cuda:0"))
+    assert ray.get(actor.facts.remote())["devices"] == {"cuda:0"}
+    assert torch.allclose(ray.get(actor.run.remote(x)), reference(eager, x), atol=1e-5)
