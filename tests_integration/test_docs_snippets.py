@@ -112,3 +112,13 @@ def test_every_public_name_has_a_docstring() -> None:
     pytest.importorskip("ray_zerocopy_jit")
     missing = [name for name, obj in public_objects() if not (inspect.getdoc(obj) or "").strip()]
     assert not missing, f"public names without a docstring (the API reference needs one): {missing}"
+
+
+def test_api_page_lists_every_exported_name() -> None:
+    import ray_zerocopy
+    from ray_zerocopy._jit_import import JIT_NAMES
+
+    page = (DOCS / "api" / "ray_zerocopy.md").read_text()
+    exported = [name for name in ray_zerocopy.__all__ if name != "__version__"] + sorted(JIT_NAMES)
+    missing = [name for name in exported if f":: {name}" not in page]
+    assert not missing, f"docs/api/ray_zerocopy.md does not list {missing}"
