@@ -11,7 +11,7 @@ from importlib import metadata
 
 project = "ray-zerocopy"
 author = "ray-zerocopy maintainers"
-copyright = "ray-zerocopy maintainers"  # noqa: A001  (Sphinx's name)
+copyright = "ray-zerocopy maintainers"
 try:
     release = metadata.version("ray-zerocopy-core")
 except metadata.PackageNotFoundError:
