@@ -77,7 +77,7 @@ def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
     install_project(session, extras="[jit]")
     session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib")
-    session.install("--no-deps", "tests_integration/fixtures/toy-backend")
+    session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
     run_pytest(session, "-m", "not slow", "tests_integration")
 
 

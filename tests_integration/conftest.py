@@ -32,6 +32,7 @@ def ray_local() -> Iterator[None]:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",  # always a private cluster, never one started elsewhere on the machine
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=2 * 1024**3,
