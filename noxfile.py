@@ -84,7 +84,7 @@ def integration(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.5")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -93,7 +93,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy over the three packages."""
     install_project(session)
-    session.install("mypy>=1.10", "types-psutil")
+    session.install("mypy==2.4.1", "types-psutil")
     session.run("mypy", *SOURCES)
 
 
