@@ -58,6 +58,32 @@ $ python benchmarks/docs_page.py    # regenerate this page from benchmarks/resul
 """
 
 
+NOTES = """## Reading the targets
+
+- **Per-actor load** is the time of `wrapper.load()` in a fresh actor (the wrapper already
+  unpickled), so it includes the first use of ray-zerocopy in that process. Profiled alone
+  (one actor, 256 MiB, ~200 tensors) it is about 7 ms: `ray.get` of the payload ~3 ms,
+  rebuilding the tensor views and `nn.Parameter`s ~2 ms, unpickling the skeleton ~1 ms,
+  `eval()` and freezing ~1 ms. Ray's `RAY_ENABLE_ZERO_COPY_TORCH_TENSORS` path does the
+  same kind of per-tensor work inside `ray.get` (about 5 ms alone), so both are flat in
+  model size and close to each other; the 0.5 x target is not reached. With 4 or 8 actors
+  on 2 cores the per-actor times spread widely (5-45 ms) with scheduling, so single runs
+  of the two zero-copy methods can swap order.
+- **Load + first forward**: every zero-copy method pays one page fault per 4 KiB weight
+  page in the first forward (the weights are mapped, not read, at load).
+- **Extra memory** of the zero-copy methods is the one copy in shared memory plus about
+  1 MiB per process (Python objects of the rebuilt model), so the ratio is highest for
+  the smallest model and many actors. A bfloat16 forward on CPU allocates a few MiB of
+  workspace per actor, whatever the method (the "after first forward" figure).
+- **Driver wrap** writes each weight byte once into the object store; it is shown next
+  to one plain memcpy of the weights into fresh memory, measured in the same run.
+- **Task mode** overhead is measured on a warm worker, interleaving the three kinds of
+  call; the embedding lookup isolates the per-call cost, the full forward adds its own
+  (noisier) compute time.
+
+"""
+
+
 def main(results_path: Path) -> None:
     """Render the page and copy the plots."""
     results = json.loads(results_path.read_text())
@@ -66,7 +92,8 @@ def main(results_path: Path) -> None:
     for png in results_path.parent.glob("*.png"):
         shutil.copy(png, STATIC / png.name)
     body = body.split("\n", 2)[2]  # drop the results file's own title
-    PAGE.write_text(INTRO + body)
+    before, after = body.split("## Models", 1)
+    PAGE.write_text(INTRO + before + NOTES + "## Models" + after)
     print(f"wrote {PAGE} and {len(list(STATIC.glob('*.png')))} plots in {STATIC}")
 
 

@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"subset of {','.join(METHODS)} (default all)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument("--skip-variants", action="store_true", help="skip the tied/bfloat16 figure")
     parser.add_argument("--skip-task", action="store_true", help="skip the task-mode figure")
     parser.add_argument("--skip-data", action="store_true", help="skip the Ray Data figure (skipped by --quick)")
     args = parser.parse_args(argv)
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     points.append({"figure": "actors", **runner.point(name, ModelSpec(args.sweep_size), n).to_dict()})
 
             progress(f"figure 3: variants (tied, bfloat16) at {args.sweep_size} MiB")
-            variant_methods = [m for m in eager if m in args.variant_methods]
+            variant_methods = [m for m in eager if m in args.variant_methods and not args.skip_variants]
             for spec in (ModelSpec(args.sweep_size, tied=True), ModelSpec(args.sweep_size, "bfloat16")):
                 for name in variant_methods:
                     points.append({"figure": "variants", **runner.point(name, spec, args.load_actors).to_dict()})
