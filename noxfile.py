@@ -109,7 +109,7 @@ def docs(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: share a model across 4 actors and compare with naive loading."""
     install_project(session)
-    session.install("psutil>=5.9")
+    session.install("psutil>=5.9", "ray[default]")  # [default] brings grpcio, for the store's memory stats
     session.run("python", "benchmarks/demo.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
 
 
@@ -117,5 +117,5 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmark suite (``-- --quick`` for a one-minute run; ``-- --help`` for flags)."""
     install_project(session, extras="[jit]")
-    session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data]")
+    session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data,default]")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
