@@ -65,8 +65,8 @@ NOTES = """## Reading the targets
   (one actor, 256 MiB, ~200 tensors) it is about 7 ms: `ray.get` of the payload ~3 ms,
   rebuilding the tensor views and `nn.Parameter`s ~2 ms, unpickling the skeleton ~1 ms,
   `eval()` ~0.4 ms; a warm process (the modules already imported) loads in about 4 ms.
-  Ray's `RAY_ENABLE_ZERO_COPY_TORCH_TENSORS` path does the same kind of per-tensor work inside `ray.get` (about 5 ms alone), so both are flat in
-  model size and close to each other; the 0.5 x target is not reached. With 4 or 8 actors
+  Ray's `RAY_ENABLE_ZERO_COPY_TORCH_TENSORS` path does the same kind of per-tensor work
+  inside `ray.get` (about 5 ms alone), so both are flat in model size and close to each other; the 0.5 x target is not reached. With 4 or 8 actors
   on 2 cores the per-actor times spread widely (5-45 ms) with scheduling, so single runs
   of the two zero-copy methods can swap order.
 - **Load + first forward**: every zero-copy method pays one page fault per 4 KiB weight
