@@ -66,9 +66,10 @@ NOTES = """## Reading the targets
   rebuilding the tensor views and `nn.Parameter`s ~2 ms, unpickling the skeleton ~1 ms,
   `eval()` ~0.4 ms; a warm process (the modules already imported) loads in about 4 ms.
   Ray's `RAY_ENABLE_ZERO_COPY_TORCH_TENSORS` path does the same kind of per-tensor work
-  inside `ray.get` (about 5 ms alone), so both are flat in model size and close to each other; the 0.5 x target is not reached. With 4 or 8 actors
-  on 2 cores the per-actor times spread widely (5-45 ms) with scheduling, so single runs
-  of the two zero-copy methods can swap order.
+  inside `ray.get` (about 5 ms alone), so both are flat in model size and close to each
+  other; the 0.5 x target is not reached. With 4 or 8 actors on 2 cores the per-actor
+  times spread widely (5-45 ms) with scheduling, so single runs of the two zero-copy
+  methods can swap order.
 - **Load + first forward**: every zero-copy method pays one page fault per 4 KiB weight
   page in the first forward (the weights are mapped, not read, at load).
 - **Extra memory** of the zero-copy methods is the one copy in shared memory plus about
