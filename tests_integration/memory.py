@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import os
 
-import torch
+from ray_zerocopy_core.inspection import aliases_object_store
 
-
-def object_store_ranges() -> list[tuple[int, int]]:
-    """Address ranges of this process's mappings of Ray's shared-memory object store."""
-    ranges = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "plasma" in line or "/dev/shm" in line:
-                start, end = line.split()[0].split("-")
-                ranges.append((int(start, 16), int(end, 16)))
-    return ranges
-
-
-def aliases_object_store(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor``'s data lies inside this process's object-store mapping."""
-    address = tensor.data_ptr()
-    return any(start <= address < end for start, end in object_store_ranges())
+__all__ = ["aliases_object_store", "private_bytes"]
 
 
 def private_bytes(pid: int | None = None) -> int:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ray_zerocopy_core.inspection import shared_memory_ranges
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -112,20 +114,9 @@ def pretouch_object_store(capacity: int) -> None:
     del ref, chunk
 
 
-def shared_ranges() -> list[tuple[int, int]]:
-    """Address ranges this process maps from Ray's object store or ``/dev/shm``."""
-    ranges = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "plasma" in line or "/dev/shm" in line:
-                start, end = line.split()[0].split("-")
-                ranges.append((int(start, 16), int(end, 16)))
-    return ranges
-
-
 def shared_fraction(model: torch.nn.Module) -> float:
     """Fraction of ``model``'s weight bytes whose memory lies in the object store or /dev/shm."""
-    ranges = shared_ranges()
+    ranges = shared_memory_ranges()
     storages: dict[int, int] = {}
     for tensor in list(model.parameters()) + list(model.buffers()):
         storage = tensor.untyped_storage()

@@ -20,6 +20,7 @@ from ray_zerocopy_core.errors import (
     WrongModeError,
     ZeroCopyError,
 )
+from ray_zerocopy_core.inspection import aliases_object_store
 from ray_zerocopy_core.legacy import (
     load_model_in_actor,
     load_pipeline_in_actor,
@@ -66,6 +67,7 @@ __all__ = [
     "WrongModeError",
     "ZeroCopyError",
     "__version__",
+    "aliases_object_store",
     "backend_for",
     "backend_names",
     "broken_backends",

@@ -1,0 +1,39 @@
+"""Checking that a loaded model really shares memory: where its tensors live (Linux).
+
+Useful in tests and when debugging a deployment: inside a worker,
+``aliases_object_store(tensor)`` tells whether the tensor's bytes are mapped from
+Ray's shared-memory object store rather than copied into the process.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def shared_memory_ranges() -> list[tuple[int, int]]:
+    """Address ranges ``[start, end)`` this process maps from Ray's object store or ``/dev/shm``.
+
+    Reads ``/proc/self/maps``; returns an empty list where that file does not exist.
+    """
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if "plasma" in line or "/dev/shm" in line:
+                    start, end = line.split()[0].split("-")
+                    ranges.append((int(start, 16), int(end, 16)))
+    except FileNotFoundError:
+        return []
+    return ranges
+
+
+def aliases_object_store(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s data lies in shared memory mapped by this process (no private copy).
+
+    Example::
+
+        model = wrapper.load()
+        assert all(aliases_object_store(p) for p in model.parameters())
+    """
+    address = tensor.data_ptr()
+    return any(start <= address < end for start, end in shared_memory_ranges())
