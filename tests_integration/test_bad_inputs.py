@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from torch import nn
 
 import ray_zerocopy
@@ -32,6 +31,7 @@ from ray_zerocopy import (
     WrongModeError,
 )
 from ray_zerocopy_core import registry
+from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

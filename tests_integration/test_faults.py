@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, WeightsUnavailableError
+from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 import ray
 import torch
-from memory import aliases_object_store, private_bytes
 from torch import nn
 
 import ray_zerocopy.jit
 import ray_zerocopy.jit.actor
 import ray_zerocopy.jit.invoke
 from ray_zerocopy import JITActorWrapper, JITModelWrapper, JITTaskWrapper
+from ray_zerocopy_core.inspection import aliases_object_store
+from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

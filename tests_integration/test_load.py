@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
-from memory import aliases_object_store, private_bytes
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
+from ray_zerocopy_core.inspection import aliases_object_store
+from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

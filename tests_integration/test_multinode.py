@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
+from ray_zerocopy_core.inspection import aliases_object_store
 
 MIB = 1024**2
 

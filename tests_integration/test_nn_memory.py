@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import ray
 import torch
-from memory import private_bytes
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
+from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

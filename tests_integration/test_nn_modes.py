@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from torch import nn
 
 import ray_zerocopy
 import ray_zerocopy.actor
 import ray_zerocopy.invoke
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
+from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
+from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import ray
 import torch
-from memory import aliases_object_store
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, backend_for, backend_names
 from ray_zerocopy_core import registry
+from ray_zerocopy_core.inspection import aliases_object_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "toy-backend"
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 from ray_zerocopy_core.inspection import shared_memory_ranges
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -46,23 +47,6 @@ def trim_heap() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def smaps_rollup(pid: int | None = None) -> dict[str, int]:
-    """``/proc/PID/smaps_rollup`` fields in bytes (``Rss``, ``Pss``, ``Pss_Shmem``...)."""
-    fields: dict[str, int] = {}
-    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
-        for line in rollup:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0].endswith(":"):
-                fields[parts[0][:-1]] = int(parts[1]) * 1024
-    return fields
-
-
-def private_bytes(pid: int | None = None) -> int:
-    """``Pss - Pss_Shmem`` of a process: its share of physical memory outside shared memory."""
-    fields = smaps_rollup(pid)
-    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
 def rss_bytes(pid: int | None = None) -> int:
