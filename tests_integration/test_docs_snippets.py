@@ -16,15 +16,12 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import os
 import pkgutil
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -64,23 +61,8 @@ def test_runnable_blocks_run(page: Path, tmp_path: Path) -> None:
     code = "\n\n".join(code for run, code in python_blocks(page) if run)
     script = tmp_path / (page.stem + "_snippets.py")
     script.write_text(code + "\n\nimport ray\n\nray.shutdown()\n")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # so a timeout can stop the Ray processes it started too
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"the runnable blocks of {page_id(page)} ran longer than {TIMEOUT_S} s:\n{out[-6000:]}")
-    assert proc.returncode == 0, f"the runnable blocks of {page_id(page)} failed:\n{out[-6000:]}"
+    result = run_script(script, cwd=tmp_path, timeout=TIMEOUT_S, label=f"the runnable blocks of {page_id(page)}")
+    assert result.returncode == 0, f"the runnable blocks of {page_id(page)} failed:\n{result.stdout[-6000:]}"
 
 
 def public_objects() -> list[tuple[str, object]]:

@@ -11,14 +11,13 @@ environment (``pip install --no-deps -e examples/custom_backend``) on first use.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -29,27 +28,9 @@ TIMEOUT_S = 300  # generous: the examples take ~20 s each, mostly Ray start-up, 
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
-def run_script(path: Path, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run ``path`` with this interpreter in its own process group; kill the group on timeout."""
-    # RAY_ADDRESS=local: start a private Ray even if another cluster runs on this machine
-    # (ray.init() would otherwise connect to it, and refuse num_cpus=...).
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(
-        [sys.executable, str(path), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # the Ray processes it starts join its group
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{path.name} ran longer than {timeout} s:\n{out[-6000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+def run_example(path: Path, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run one example script from the repository root."""
+    return run_script(path, *args, cwd=ROOT, timeout=timeout, label=path.name, env={"RAY_DEDUP_LOGS": "0"})
 
 
 def check(result: subprocess.CompletedProcess[str], name: str) -> None:
@@ -81,7 +62,7 @@ def test_every_example_is_listed() -> None:
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_runs(name: str) -> None:
-    result = run_script(EXAMPLES / name)
+    result = run_example(EXAMPLES / name)
     check(result, name)
     assert EXPECTED_OUTPUT.get(name, "") in result.stdout
     if name == "gpu_placement.py" and not torch_has_cuda():
@@ -107,7 +88,7 @@ def embedding_plugin() -> None:
 
 
 def test_custom_backend_example_runs(embedding_plugin: None) -> None:
-    result = run_script(CUSTOM_BACKEND / "use_embedding_backend.py")
+    result = run_example(CUSTOM_BACKEND / "use_embedding_backend.py")
     check(result, "custom_backend/use_embedding_backend.py")
     assert "shared by the 'embedding-table' backend" in result.stdout
 

@@ -1,0 +1,39 @@
+"""Running a Python script as its own process, as the example and docs tests do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_script(
+    path: Path, *args: str, cwd: Path, timeout: float, label: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``path`` with this interpreter in its own process group; kill the group on timeout.
+
+    ``RAY_ADDRESS=local`` makes the script start a private Ray even if another cluster runs
+    on this machine (``ray.init()`` would otherwise connect to it and refuse ``num_cpus``).
+    Output (stdout and stderr together) is in ``stdout`` of the result.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local", **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the Ray processes it starts join its group
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{label} ran longer than {timeout} s:\n{out[-6000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
