@@ -83,16 +83,21 @@ class SharedPipeline:
 
     @classmethod
     def share(
-        cls, obj: Any, model_attr_names: Iterable[str] | None = None, method_names: Iterable[str] = ()
+        cls,
+        obj: Any,
+        model_attr_names: Iterable[str] | None = None,
+        method_names: Iterable[str] = (),
+        owner: Any = None,
     ) -> SharedPipeline:
         """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store.
 
         ``method_names`` (task mode) must each be a method of at least one model; this is
         checked here, before anything is stored, rather than in a remote task later.
+        ``owner`` (an actor handle) owns the stored objects instead of this process.
         """
         if model_attr_names is None and find_backend(obj) is not None:
             _check_methods({BARE_MODEL: obj}, method_names)
-            return cls._share_models(None, {BARE_MODEL: obj})
+            return cls._share_models(None, {BARE_MODEL: obj}, owner)
         names = list(model_attr_names) if model_attr_names is not None else find_model_attrs(obj)
         if not names:
             raise PipelineError(
@@ -124,17 +129,17 @@ class SharedPipeline:
         for name in names:
             setattr(skeleton, name, None)
         _check_picklable(skeleton)
-        return cls._share_models(skeleton, models)
+        return cls._share_models(skeleton, models, owner)
 
     @classmethod
-    def _share_models(cls, skeleton: Any, models: dict[str, Any]) -> SharedPipeline:
+    def _share_models(cls, skeleton: Any, models: dict[str, Any], owner: Any = None) -> SharedPipeline:
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
         for name, model in models.items():
             backend = backend_for(model)
             payload = backend.extract(model)
             payload.backend_locator = backend_locator(backend)
-            refs[name] = put_payload(payload, what=f"model {name!r}" if name else "model")
+            refs[name] = put_payload(payload, what=f"model {name!r}" if name else "model", owner=owner)
             sizes[name] = payload.nbytes
         return cls(skeleton, refs, sizes)
 

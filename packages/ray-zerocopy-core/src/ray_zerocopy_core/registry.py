@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType
 
-from ray_zerocopy_core.backend import Backend
 from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendError, BackendNotInstalledError
+from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend
 
 logger = logging.getLogger(__name__)
-
-#: The entry-point group under which distributions declare backends (``name = "module:Class"``).
-ENTRY_POINT_GROUP = "ray_zerocopy.backends"
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,12 @@ def object_store_capacity() -> int | None:
     return int(max(capacities)) if capacities else None
 
 
-def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
-    """Write ``payload`` into the object store once; refuse up front if it can never fit."""
+def put_payload(payload: ModelPayload, what: str = "model", owner: Any = None) -> ray.ObjectRef:
+    """Write ``payload`` into the object store once; refuse up front if it can never fit.
+
+    ``owner`` (an actor handle) makes that actor own the object instead of the calling
+    process, so the weights outlive the caller (see Ray's ``ray.put(_owner=...)``).
+    """
     if not ray.is_initialized():
         ray.init()
     capacity = object_store_capacity()
@@ -41,6 +45,8 @@ def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
             "store (ray.init(object_store_memory=...) or `ray start --object-store-memory`), "
             "or shrink the model (e.g. bfloat16 weights)."
         )
+    if owner is not None:
+        return ray.put(payload, _owner=owner)
     return ray.put(payload)
 
 

@@ -29,11 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions, ModelPayload
-from ray_zerocopy_core.backends.nn import finish_model
-from ray_zerocopy_core.errors import UnsupportedModelError
-from ray_zerocopy_core.loading import materialize
-from ray_zerocopy_core.representation import build_table
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, UnsupportedModelError, build_table, finish_model, materialize
 
 logger = logging.getLogger(__name__)
 

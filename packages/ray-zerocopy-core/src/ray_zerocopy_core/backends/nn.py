@@ -13,11 +13,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions, ModelPayload
-from ray_zerocopy_core.errors import UnsupportedModelError
-from ray_zerocopy_core.loading import materialize
-from ray_zerocopy_core.representation import build_table
-from ray_zerocopy_core.skeleton import join_tensors, split_tensors
+from ray_zerocopy_core.plugin import (
+    LoadOptions,
+    ModelPayload,
+    UnsupportedModelError,
+    build_table,
+    finish_model,
+    join_tensors,
+    materialize,
+    split_tensors,
+)
 
 
 class NNBackend:
@@ -50,13 +55,6 @@ class NNBackend:
         tensors = materialize(payload.table, options)
         model = join_tensors(payload.skeleton, tensors)
         return finish_model(model, options)
-
-
-def finish_model(model: Any, options: LoadOptions) -> Any:
-    """Put a rebuilt module in eval mode (its parameters were rebuilt without grad)."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    return model
 
 
 def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:
