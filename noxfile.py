@@ -76,7 +76,7 @@ def tests_minimum(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
     install_project(session, extras="[jit]")
-    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib")
+    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling")  # hatchling: sdist->wheel
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
     run_pytest(session, "-m", "not slow", "tests_integration")
 

@@ -1,59 +1,208 @@
-"""Built wheels: one version for all three, the jit extra, entry points in their group."""
+"""Release checks: every distribution is self-contained, and all of them move together.
+
+Each ``packages/*/pyproject.toml`` holds static metadata: its own ``version`` and its
+siblings pinned literally (``ray-zerocopy-core==1.0.0``). Nothing outside a package's
+folder takes part in its build, so a wheel built from its sdist equals one built from
+the working tree. What a shared build hook used to enforce is checked here instead:
+one version for all, every sibling pinned to exactly that version, and the meta
+package offering one extra per backend distribution.
+
+The wheels are built the way a release is: an sdist of each distribution, then a wheel
+from each unpacked sdist, offline, with the hatchling installed in this environment.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).parent.parent
-VERSION = (ROOT / "VERSION").read_text().strip()
+PACKAGES = sorted(path.parent for path in (ROOT / "packages").glob("*/pyproject.toml"))
+CORE = "ray-zerocopy-core"
+META = "ray-zerocopy"
+BACKEND_GROUP = "ray_zerocopy.backends"
+
+#: Every release on PyPI under one of our distribution names, as ``pip index versions``
+#: listed them on 2026-11-30. Only ``ray-zerocopy`` has any, and they belong to an
+#: unrelated older project; our first release must sort above all of them so that
+#: ``pip install ray-zerocopy`` picks ours. Refresh this list before each release.
+PUBLISHED: dict[str, tuple[str, ...]] = {META: ("0.1.0", "0.1.2", "0.1.5", "0.2.0")}
+
+
+def project_table(package: Path) -> dict[str, Any]:
+    """The ``[project]`` table of ``package``'s pyproject.toml."""
+    project: dict[str, Any] = tomllib.loads((package / "pyproject.toml").read_text())["project"]
+    return project
+
+
+PROJECTS = {project_table(package)["name"]: project_table(package) for package in PACKAGES}
+VERSION = PROJECTS[META]["version"]
+#: Distributions that carry a backend and are installed through an extra of the meta package.
+BACKENDS = sorted(set(PROJECTS) - {CORE, META})
+
+
+def extra_name(distribution: str) -> str:
+    """The meta package's extra for a backend distribution: ``ray-zerocopy-jit`` -> ``jit``."""
+    return distribution.removeprefix(f"{META}-")
+
+
+def import_name(package: Path) -> str:
+    """The top-level module a distribution's wheel ships (``src/<name>``)."""
+    config = tomllib.loads((package / "pyproject.toml").read_text())
+    (source,) = config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    return str(Path(source).name)
+
+
+def requirements(project: dict[str, Any]) -> list[Requirement]:
+    """Every requirement of ``project``, plain and in extras."""
+    found = [Requirement(text) for text in project.get("dependencies", [])]
+    for deps in project.get("optional-dependencies", {}).values():
+        found += [Requirement(text) for text in deps]
+    return found
+
+
+def test_the_known_distributions_are_all_here() -> None:
+    assert {CORE, META, "ray-zerocopy-jit"} <= set(PROJECTS)
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_metadata_is_static_and_self_contained(package: Path) -> None:
+    project = project_table(package)
+    assert "dynamic" not in project, f"{package.name}: metadata must be static, found dynamic={project['dynamic']}"
+    hatch = tomllib.loads((package / "pyproject.toml").read_text()).get("tool", {}).get("hatch", {})
+    assert "hooks" not in hatch.get("metadata", {}), f"{package.name}: no metadata hooks (they live outside sdists)"
+    assert "version" not in hatch, f"{package.name}: the version is the static [project] version"
+    assert ".." not in (package / "pyproject.toml").read_text(), f"{package.name}: refers outside its folder"
+
+
+def test_every_distribution_has_the_same_version() -> None:
+    versions = {name: project["version"] for name, project in PROJECTS.items()}
+    assert len(set(versions.values())) == 1, f"one version for all distributions, found {versions}"
+
+
+def test_siblings_are_pinned_to_exactly_that_version() -> None:
+    wrong = [
+        f"{name}: {req}"
+        for name, project in PROJECTS.items()
+        for req in requirements(project)
+        if req.name in PROJECTS and str(req.specifier) != f"=={VERSION}"
+    ]
+    assert not wrong, f"siblings must be pinned =={VERSION}: {wrong}"
+    for name in BACKENDS:
+        assert any(req.name == CORE for req in requirements(PROJECTS[name])), f"{name} must depend on {CORE}"
+
+
+def test_meta_package_has_one_extra_per_backend_and_nothing_else_of_ours() -> None:
+    meta = PROJECTS[META]
+    assert [Requirement(text).name for text in meta["dependencies"] if Requirement(text).name in PROJECTS] == [CORE]
+    extras = meta.get("optional-dependencies", {})
+    for name in BACKENDS:
+        assert extras.get(extra_name(name)) == [f"{name}=={VERSION}"], f"extra [{extra_name(name)}] must pin {name}"
+
+
+def test_release_version_sorts_above_everything_published_under_our_names() -> None:
+    for name, versions in PUBLISHED.items():
+        assert name in PROJECTS
+        assert Version(VERSION) > max(map(Version, versions)), f"{VERSION} would lose to {name} {max(versions)}"
+
+
+def hatchling(target: str, source: Path, out: Path) -> Path:
+    """Build one ``target`` (sdist or wheel) of the project in ``source`` into the empty folder ``out``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", target, "-d", str(out)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, f"hatchling build -t {target} failed in {source}:\n{done.stderr}"
+    (built,) = out.iterdir()
+    return built
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFile]:
-    out = tmp_path_factory.mktemp("wheels")
-    packages = [ROOT / "packages" / name for name in ("ray-zerocopy-core", "ray-zerocopy-jit", "ray-zerocopy")]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), *map(str, packages)], check=True
-    )
+def sdists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An sdist of every distribution, built from the working tree."""
+    pytest.importorskip("hatchling", reason="nox -s integration installs hatchling to build offline")
+    return {
+        project_table(package)["name"]: hatchling("sdist", package, tmp_path_factory.mktemp("sdist"))
+        for package in PACKAGES
+    }
+
+
+@pytest.fixture(scope="module")
+def wheels(sdists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFile]:
+    """A wheel of every distribution, each built from its unpacked sdist alone."""
     found = {}
-    for wheel in out.glob("*.whl"):
-        found[wheel.name.split("-")[0]] = zipfile.ZipFile(wheel)
+    for name, sdist in sdists.items():
+        unpacked = tmp_path_factory.mktemp("unpacked")
+        with tarfile.open(sdist) as archive:
+            archive.extractall(unpacked, filter="data")
+        (source,) = unpacked.iterdir()
+        found[name] = zipfile.ZipFile(hatchling("wheel", source, tmp_path_factory.mktemp("wheel")))
     return found
 
 
 def read(wheel: zipfile.ZipFile, suffix: str) -> str:
+    """The text of the one member of ``wheel`` whose name ends with ``suffix``."""
     name = next(n for n in wheel.namelist() if n.endswith(suffix))
     return wheel.read(name).decode()
 
 
-def test_three_wheels_share_one_version(wheels: dict[str, zipfile.ZipFile]) -> None:
-    assert set(wheels) == {"ray_zerocopy_core", "ray_zerocopy_jit", "ray_zerocopy"}
-    for wheel in wheels.values():
-        assert f"\nVersion: {VERSION}\n" in read(wheel, ".dist-info/METADATA")
+def test_sdists_carry_static_metadata(sdists: dict[str, Path]) -> None:
+    for name, sdist in sdists.items():
+        with tarfile.open(sdist) as archive:
+            (info,) = (m for m in archive.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO"))
+            pkg_info = archive.extractfile(info).read().decode()  # type: ignore[union-attr]
+        assert f"\nName: {name}\n" in pkg_info and f"\nVersion: {VERSION}\n" in pkg_info
+        assert "\nDynamic:" not in pkg_info, f"{name}: sdist metadata must be final"
 
 
-def test_meta_wheel_has_the_jit_extra_and_pins_its_siblings(wheels: dict[str, zipfile.ZipFile]) -> None:
-    meta = read(wheels["ray_zerocopy"], ".dist-info/METADATA")
-    assert "Provides-Extra: jit" in meta
-    assert f"Requires-Dist: ray-zerocopy-jit=={VERSION}; extra == 'jit'" in meta
-    assert f"Requires-Dist: ray-zerocopy-core=={VERSION}\n" in meta
+def test_every_wheel_has_the_one_version(wheels: dict[str, zipfile.ZipFile]) -> None:
+    assert set(wheels) == set(PROJECTS)
+    for name, wheel in wheels.items():
+        assert f"\nVersion: {VERSION}\n" in read(wheel, ".dist-info/METADATA"), name
+
+
+def test_meta_wheel_pins_core_and_offers_each_backend_as_an_extra(wheels: dict[str, zipfile.ZipFile]) -> None:
+    meta = read(wheels[META], ".dist-info/METADATA")
+    assert f"Requires-Dist: {CORE}=={VERSION}\n" in meta
     assert "Requires-Dist: ray[data]" in meta
+    for name in BACKENDS:
+        extra = extra_name(name)
+        assert f"Provides-Extra: {extra}\n" in meta
+        assert f"Requires-Dist: {name}=={VERSION}; extra == '{extra}'" in meta
     plain = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
-    assert not any("ray-zerocopy-jit" in line for line in plain)  # a plain install leaves jit out
+    assert not any(name in line for line in plain for name in BACKENDS)  # a plain install leaves backends out
 
 
-def test_core_and_jit_wheels_declare_their_backends(wheels: dict[str, zipfile.ZipFile]) -> None:
-    core = read(wheels["ray_zerocopy_core"], ".dist-info/entry_points.txt")
-    jit = read(wheels["ray_zerocopy_jit"], ".dist-info/entry_points.txt")
-    assert "[ray_zerocopy.backends]\nnn = ray_zerocopy_core.backends.nn:NNBackend" in core
-    assert "[ray_zerocopy.backends]\njit = ray_zerocopy_jit.backend:JITBackend" in jit
+def test_backend_wheels_pin_core(wheels: dict[str, zipfile.ZipFile]) -> None:
+    for name in BACKENDS:
+        assert f"Requires-Dist: {CORE}=={VERSION}\n" in read(wheels[name], ".dist-info/METADATA"), name
+
+
+def test_core_and_backend_wheels_declare_their_backends(wheels: dict[str, zipfile.ZipFile]) -> None:
+    core = read(wheels[CORE], ".dist-info/entry_points.txt")
+    jit = read(wheels["ray-zerocopy-jit"], ".dist-info/entry_points.txt")
+    assert f"[{BACKEND_GROUP}]\nnn = ray_zerocopy_core.backends.nn:NNBackend" in core
+    assert f"[{BACKEND_GROUP}]\njit = ray_zerocopy_jit.backend:JITBackend" in jit
+    for package in PACKAGES:
+        name = project_table(package)["name"]
+        if name in BACKENDS:
+            entry_points = read(wheels[name], ".dist-info/entry_points.txt")
+            expected = f"[{BACKEND_GROUP}]\n{extra_name(name)} = {import_name(package)}."
+            assert expected in entry_points, f"{name}: {entry_points!r}"
 
 
 def test_wheels_are_typed(wheels: dict[str, zipfile.ZipFile]) -> None:
-    for name, wheel in wheels.items():
-        assert f"{name}/py.typed" in wheel.namelist()
+    for package in PACKAGES:
+        name = project_table(package)["name"]
+        assert f"{import_name(package)}/py.typed" in wheels[name].namelist(), name
