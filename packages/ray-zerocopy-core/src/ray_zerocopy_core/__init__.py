@@ -12,6 +12,7 @@ from ray_zerocopy_core.backend import Backend, LoadOptions, ModelPayload
 from ray_zerocopy_core.errors import (
     BackendError,
     BackendNotInstalledError,
+    ModelNotPublishedError,
     ObjectStoreCapacityError,
     PipelineError,
     UnsupportedModelError,
@@ -29,6 +30,14 @@ from ray_zerocopy_core.legacy import (
     rewrite_pipeline_for_actors,
 )
 from ray_zerocopy_core.modes.task import RemoteModel
+from ray_zerocopy_core.named import (
+    PublishedModel,
+    get_or_publish,
+    list_published,
+    load_published,
+    publish,
+    unpublish,
+)
 from ray_zerocopy_core.registry import (
     ENTRY_POINT_GROUP,
     backend_for,
@@ -53,10 +62,12 @@ __all__ = [
     "BackendError",
     "BackendNotInstalledError",
     "LoadOptions",
+    "ModelNotPublishedError",
     "ModelPayload",
     "ModelWrapper",
     "ObjectStoreCapacityError",
     "PipelineError",
+    "PublishedModel",
     "RemoteModel",
     "TaskWrapper",
     "TensorEntry",
@@ -73,10 +84,15 @@ __all__ = [
     "broken_backends",
     "find_backend",
     "get_backend",
+    "get_or_publish",
+    "list_published",
     "load_model_in_actor",
     "load_pipeline_in_actor",
+    "load_published",
     "prepare_model_for_actors",
+    "publish",
     "register_backend",
     "rewrite_pipeline",
     "rewrite_pipeline_for_actors",
+    "unpublish",
 ]

@@ -39,3 +39,7 @@ class WrapperReleasedError(ZeroCopyError, RuntimeError):
 
 class WeightsUnavailableError(ZeroCopyError, RuntimeError):
     """The stored weights cannot be fetched, e.g. because their owner process is gone."""
+
+
+class ModelNotPublishedError(ZeroCopyError, LookupError):
+    """No model is published under a name: never published, unpublished, or its holder actor died."""
