@@ -1,0 +1,417 @@
+"""The torch.export backend: a weightless serialized graph plus swapped-in tensors.
+
+An :class:`~torch.export.ExportedProgram` keeps its weights outside its graph: the
+parameters and persistent buffers in ``ep.state_dict``, the non-persistent buffers and
+lifted tensor constants in ``ep.constants``. Extraction serializes the program with
+torch's own ``torch.export`` serializer (the one behind ``torch.export.save``) told to
+leave both dictionaries, and the example inputs, out: what remains is the graph, the
+graph signature, the module call graph, range constraints and metadata as JSON, which
+is compressed and becomes the skeleton. Every tensor goes into the shared
+:class:`~ray_zerocopy_core.plugin.TensorTable` instead, once per tensor object, so
+tied weights are stored once and are one tensor again after loading.
+
+Rebuild deserializes the skeleton with the zero-copy tensors given as the state dict
+and constants, so the program's weights, and those of the module that
+``ep.module()`` builds from it, alias the object store. The rebuilt program is a
+:class:`ZeroCopyExportedProgram`: an ``ExportedProgram`` that can also be called
+directly (it runs a cached ``ep.module()``), which is what task mode calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import pickle
+import threading
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import fx, nn
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+
+from ray_zerocopy_core.plugin import (
+    LoadOptions,
+    ModelPayload,
+    UnsupportedModelError,
+    build_table,
+    finish_model,
+    join_tensors,
+    materialize,
+    split_tensors,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Version of the skeleton layout written by :func:`save_skeleton`.
+SKELETON_FORMAT = 1
+
+#: Kinds of graph outputs that write to a weight in place when the program runs.
+_MUTATING_OUTPUTS = (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
+#: Kinds of graph inputs that are weights lifted out of the module.
+_WEIGHT_INPUTS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+#: Norm ops that update their ``running_*`` arguments when called with ``training=True``
+#: although their schema does not mark them as written.
+_TRAINING_NORMS = (torch.ops.aten.batch_norm.default,)
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """One named tensor of an ExportedProgram and the table entry that fills it.
+
+    Attributes:
+        where: ``"state_dict"`` (parameters, persistent buffers) or ``"constants"``
+            (non-persistent buffers, lifted tensor constants).
+        name: the key in that dictionary (``"layer.weight"``).
+        index: position of the tensor in the payload's table.
+        is_parameter: whether the graph signature lists it as a parameter.
+    """
+
+    where: str
+    name: str
+    index: int
+    is_parameter: bool
+
+
+@dataclass
+class ProgramSkeleton:
+    """Everything of an ExportedProgram except tensor bytes (see :func:`save_skeleton`).
+
+    Attributes:
+        program: the ``torch.export`` serializer's JSON for the program, zlib-compressed.
+        slots: where each table entry goes back.
+        example_inputs: the example inputs pickled with their tensors factored out (their
+            tensors follow the weights in the table), or ``None`` when not kept.
+        example_tensors: how many table entries, after the weights, are example inputs.
+        mutated: the weights the program writes in place when it runs (see :func:`mutated_weights`).
+        torch_version: the torch version that wrote ``program``.
+        format: :data:`SKELETON_FORMAT`.
+    """
+
+    program: bytes
+    slots: list[WeightSlot]
+    example_inputs: bytes | None = None
+    example_tensors: int = 0
+    mutated: list[str] = field(default_factory=list)
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+    format: int = SKELETON_FORMAT
+
+    def to_bytes(self) -> bytes:
+        """The skeleton as bytes (a pickle of builtins only)."""
+        state = {
+            "format": self.format,
+            "torch_version": self.torch_version,
+            "program": self.program,
+            "slots": [(s.where, s.name, s.index, s.is_parameter) for s in self.slots],
+            "example_inputs": self.example_inputs,
+            "example_tensors": self.example_tensors,
+            "mutated": self.mutated,
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProgramSkeleton:
+        """Read bytes written by :meth:`to_bytes`."""
+        state = pickle.loads(data)
+        if state.get("format") != SKELETON_FORMAT:
+            raise UnsupportedModelError(
+                f"This exported-program payload has skeleton format {state.get('format')!r}, but this "
+                f"ray-zerocopy-export reads format {SKELETON_FORMAT}: install the same ray-zerocopy-export "
+                "version on the driver and on every worker."
+            )
+        return cls(
+            program=state["program"],
+            slots=[WeightSlot(*slot) for slot in state["slots"]],
+            example_inputs=state["example_inputs"],
+            example_tensors=state["example_tensors"],
+            mutated=state["mutated"],
+            torch_version=state["torch_version"],
+            format=state["format"],
+        )
+
+
+def _serde() -> tuple[Callable[..., Any], Callable[..., Any], type]:
+    """torch's ExportedProgram serializer (the one ``torch.export.save`` uses)."""
+    try:
+        from torch._export.serde.serialize import SerializedArtifact, deserialize, serialize
+    except ImportError as exc:  # pragma: no cover - depends on the torch build
+        raise UnsupportedModelError(
+            f"This torch ({torch.__version__}) lacks the torch.export serializer ({exc}); "
+            "ray-zerocopy-export needs torch>=2.13."
+        ) from exc
+    return serialize, deserialize, SerializedArtifact
+
+
+def _check_program(program: ExportedProgram) -> None:
+    """Refuse programs whose weights cannot be shared, saying what to do instead."""
+    signature = program.graph_signature
+    if signature.lifted_custom_objs:
+        raise UnsupportedModelError(
+            f"This ExportedProgram holds custom class objects ({', '.join(signature.lifted_custom_objs)}), "
+            "which cannot be shared through the object store. Export a model whose state is tensors "
+            "only, or share the eager nn.Module instead."
+        )
+    for where, tensors in (("state_dict", program.state_dict), ("constants", program.constants)):
+        for name, value in tensors.items():
+            if not isinstance(value, torch.Tensor):
+                raise UnsupportedModelError(
+                    f"ExportedProgram.{where}[{name!r}] is a {type(value).__qualname__}, not a tensor; only "
+                    "programs whose state is tensors can be shared. Share the eager nn.Module instead."
+                )
+            if value.device.type == "meta":
+                raise UnsupportedModelError(
+                    f"ExportedProgram.{where}[{name!r}] is on the 'meta' device and holds no data. Export "
+                    "the model after its weights are loaded (model.to_empty(device='cpu'), then "
+                    "load_state_dict(...), then torch.export.export), or load a saved program with "
+                    "torch.export.load, and wrap that."
+                )
+            if type(value) not in (torch.Tensor, nn.Parameter, nn.Buffer):
+                raise UnsupportedModelError(
+                    f"ExportedProgram.{where}[{name!r}] is a {type(value).__qualname__} (a tensor subclass, "
+                    "e.g. a fake tensor from exporting under FakeTensorMode); only real, dense tensors can "
+                    "be shared. Export the model with real weights."
+                )
+
+
+def _argument_values(node: fx.Node, schema: Any) -> Iterator[tuple[Any, Any]]:
+    """``(schema argument, value)`` for each argument of a call node."""
+    for position, argument in enumerate(schema.arguments):
+        if not argument.kwarg_only and position < len(node.args):
+            yield argument, node.args[position]
+        elif argument.name in node.kwargs:
+            yield argument, node.kwargs[argument.name]
+
+
+def mutated_weights(program: ExportedProgram) -> list[str]:
+    """Names of the parameters, buffers and constants ``program`` writes in place when it runs.
+
+    Found in the graph signature (mutations of a functionalized program) and in the
+    graph itself (in-place ops, such as ``add_`` on ``num_batches_tracked``, on a weight
+    or a view of one, and ``batch_norm`` in training mode, as the training IR that
+    ``torch.export.export`` returns keeps them).
+    """
+    signature = program.graph_signature
+    found = [spec.target for spec in signature.output_specs if spec.kind in _MUTATING_OUTPUTS and spec.target]
+    lifted = {
+        spec.arg.name: spec.target
+        for spec in signature.input_specs
+        if spec.kind in _WEIGHT_INPUTS and spec.target is not None and hasattr(spec.arg, "name")
+    }
+    aliases: dict[fx.Node, str] = {}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in lifted:
+            aliases[node] = lifted[node.name]
+        elif node.op == "call_function" and node.target is operator.getitem and node.args[0] in aliases:
+            aliases[node] = aliases[node.args[0]]
+        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            schema = node.target._schema
+            returns_alias = any(ret.alias_info is not None for ret in schema.returns)
+            for argument, value in _argument_values(node, schema):
+                if not isinstance(value, fx.Node) or value not in aliases:
+                    continue
+                written = argument.alias_info is not None and argument.alias_info.is_write
+                training_norm = node.target in _TRAINING_NORMS and argument.name.startswith("running_")
+                if written or (training_norm and _argument(node, schema, "training") is True):
+                    found.append(aliases[value])
+                if argument.alias_info is not None and returns_alias:
+                    aliases[node] = aliases[value]
+    return list(dict.fromkeys(found))
+
+
+def _argument(node: fx.Node, schema: Any, name: str) -> Any:
+    return next((value for argument, value in _argument_values(node, schema) if argument.name == name), None)
+
+
+def find_slots(program: ExportedProgram) -> tuple[list[WeightSlot], list[tuple[str, torch.Tensor]]]:
+    """The weight slots of ``program`` and its distinct tensors, each listed once.
+
+    A tensor object reachable under several names (tied weights) gets one index, so it
+    is one tensor object again after loading.
+    """
+    parameters = set(program.graph_signature.parameters)
+    slots: list[WeightSlot] = []
+    tensors: list[tuple[str, torch.Tensor]] = []
+    index_of: dict[int, int] = {}
+    for where, named in (("state_dict", program.state_dict), ("constants", program.constants)):
+        for name, tensor in named.items():
+            index = index_of.setdefault(id(tensor), len(tensors))
+            if index == len(tensors):
+                tensors.append((f"{where}[{name!r}]", tensor))
+            slots.append(WeightSlot(where, name, index, name in parameters))
+    return slots, tensors
+
+
+def _example_inputs(program: ExportedProgram) -> tuple[bytes | None, list[tuple[str, torch.Tensor]]]:
+    """The example inputs pickled without their tensors, and those tensors; ``None`` if not shareable."""
+    examples = program.example_inputs
+    if examples is None:
+        return None, []
+    try:
+        pickled, tensors = split_tensors(examples)
+        build_table([(f"example input {i}", t) for i, t in enumerate(tensors)])  # checks each is shareable
+    except Exception as exc:
+        logger.debug("example inputs of the ExportedProgram are not kept: %s", exc)
+        return None, []
+    return pickled, [(f"example input {i}", t.detach()) for i, t in enumerate(tensors)]
+
+
+def save_skeleton(program: ExportedProgram, slots: list[WeightSlot]) -> bytes:
+    """The serialized graph of ``program`` without tensor bytes, as a :class:`ProgramSkeleton`'s ``program``."""
+    serialize, _, _ = _serde()
+    try:
+        artifact = serialize(
+            program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
+        )
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"torch.export could not serialize this ExportedProgram ({type(exc).__name__}: {exc}). "
+            "Programs that torch.export.save cannot save cannot be shared either; check that "
+            "torch.export.save(ep, io.BytesIO()) works."
+        ) from exc
+    return zlib.compress(artifact.exported_program, 6)
+
+
+class ZeroCopyExportedProgram(ExportedProgram):
+    """An :class:`~torch.export.ExportedProgram` rebuilt around object-store weights.
+
+    It is an ordinary ``ExportedProgram`` (``ep.module()``, ``ep.graph``,
+    ``ep.state_dict`` work as usual, and its tensors alias shared memory), with one
+    addition: calling it runs ``ep.module()``, built once on first call and cached.
+    Task mode calls models this way; in an actor, ``ep(x)`` and ``ep.module()(x)``
+    give the same result.
+    """
+
+    _zerocopy_module: nn.Module | None
+    _zerocopy_lock: threading.Lock
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the program (its cached ``module()``) on ``args``."""
+        return self.cached_module()(*args, **kwargs)
+
+    def cached_module(self) -> nn.Module:
+        """``self.module()``, built on first use and reused: its tensors alias this program's."""
+        module = self.__dict__.get("_zerocopy_module")
+        if module is None:
+            with self.__dict__["_zerocopy_lock"]:
+                module = self.__dict__.get("_zerocopy_module")
+                if module is None:
+                    module = self.module()
+                    self.__dict__["_zerocopy_module"] = module
+        return module
+
+    @classmethod
+    def adopt(cls, program: ExportedProgram) -> ZeroCopyExportedProgram:
+        """Turn ``program`` (a freshly deserialized ExportedProgram) into this class, in place."""
+        program.__class__ = cls
+        program.__dict__["_zerocopy_module"] = None
+        program.__dict__["_zerocopy_lock"] = threading.Lock()
+        return program  # type: ignore[return-value]
+
+
+def _rebuild_dicts(slots: list[WeightSlot], tensors: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state_dict`` and ``constants`` from the materialized tensors; parameters as ``nn.Parameter``."""
+    state_dict: dict[str, Any] = {}
+    constants: dict[str, Any] = {}
+    parameters: dict[int, nn.Parameter] = {}
+    for slot in slots:
+        value = tensors[slot.index]
+        if slot.is_parameter and not isinstance(value, nn.Parameter):
+            # torch.export's verifier requires parameters to be nn.Parameter, fast load or not.
+            value = parameters.setdefault(slot.index, nn.Parameter(value, requires_grad=False))
+        elif not slot.is_parameter and isinstance(value, nn.Parameter):
+            value = value.detach()
+        (state_dict if slot.where == "state_dict" else constants)[slot.name] = value
+    return state_dict, constants
+
+
+class ExportBackend:
+    """Backend for ``torch.export.ExportedProgram`` objects.
+
+    Example::
+
+        backend = ExportBackend()
+        payload = backend.extract(torch.export.export(model, (x,)))
+        program = backend.rebuild(payload, LoadOptions())   # weights alias payload.table
+        program.module()(x)
+    """
+
+    name: ClassVar[str] = "export"
+    model_types: ClassVar[tuple[type, ...]] = (ExportedProgram,)
+
+    def handles(self, obj: object) -> bool:
+        """Exported programs (from ``torch.export.export`` or ``torch.export.load``)."""
+        return isinstance(obj, ExportedProgram)
+
+    def extract(self, model: Any) -> ModelPayload:
+        """Serialize ``model``'s graph without weights; index its tensors' bytes (no copy).
+
+        Raises:
+            UnsupportedModelError: ``model`` is not an ExportedProgram, holds weights that
+                cannot be shared (meta or fake tensors, custom class objects), or cannot be
+                serialized by ``torch.export``.
+        """
+        if not isinstance(model, ExportedProgram):
+            raise UnsupportedModelError(
+                f"The export backend shares torch.export.ExportedProgram objects, got {type(model).__qualname__}."
+            )
+        _check_program(model)
+        slots, tensors = find_slots(model)
+        example_pickle, example_tensors = _example_inputs(model)
+        table = build_table([*tensors, *example_tensors])
+        mutated = mutated_weights(model)
+        skeleton = ProgramSkeleton(
+            program=save_skeleton(model, slots),
+            slots=slots,
+            example_inputs=example_pickle,
+            example_tensors=len(example_tensors),
+            mutated=mutated,
+        ).to_bytes()
+        if mutated:
+            warnings.warn(
+                f"This ExportedProgram updates {', '.join(mutated)} in place when it runs (typically "
+                "BatchNorm statistics of a model exported in training mode). Shared weights are "
+                "read-only, so it can only be loaded with writable=True; export the model after "
+                "model.eval() to share it zero-copy.",
+                UserWarning,
+                stacklevel=2,
+            )
+        logger.debug("export skeleton: %d bytes, %d slots", len(skeleton), len(slots))
+        return ModelPayload(self.name, skeleton, table)
+
+    def rebuild(self, payload: ModelPayload, options: LoadOptions) -> Any:
+        """Deserialize the skeleton around zero-copy tensors; returns a :class:`ZeroCopyExportedProgram`.
+
+        Raises:
+            UnsupportedModelError: the program writes weights in place and the load is
+                zero-copy (read-only), or this worker's torch cannot read the program.
+        """
+        skeleton = ProgramSkeleton.from_bytes(payload.skeleton)
+        if skeleton.mutated and options.zero_copy:
+            raise UnsupportedModelError(
+                f"This ExportedProgram writes {', '.join(skeleton.mutated)} in place when it runs, but zero-copy "
+                "weights are read-only shared memory. Export the model after model.eval() (so BatchNorm "
+                "statistics are not updated), or load a private copy with writable=True."
+            )
+        tensors = materialize(payload.table, options)
+        n_weights = len(tensors) - skeleton.example_tensors
+        state_dict, constants = _rebuild_dicts(skeleton.slots, tensors[:n_weights])
+        example_inputs: Any = None
+        if skeleton.example_inputs is not None:
+            example_inputs = join_tensors(skeleton.example_inputs, tensors[n_weights:])
+        _, deserialize, artifact_type = _serde()
+        try:
+            artifact = artifact_type(zlib.decompress(skeleton.program), state_dict, constants, example_inputs or b"")
+            program = deserialize(artifact)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"Could not rebuild the ExportedProgram ({type(exc).__name__}: {exc}). It was exported "
+                f"with torch {skeleton.torch_version} and this worker has torch {torch.__version__}; "
+                "install the same torch version on the driver and on every worker."
+            ) from exc
+        return finish_model(ZeroCopyExportedProgram.adopt(program), options)
