@@ -14,7 +14,12 @@ nox.options.sessions = ["lint", "typecheck", "tests", "integration"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = os.environ.get("TORCH_VERSION", "2.13.0")
-PACKAGES = ("packages/ray-zerocopy-core", "packages/ray-zerocopy-jit", "packages/ray-zerocopy")
+PACKAGES = (
+    "packages/ray-zerocopy-core",
+    "packages/ray-zerocopy-jit",
+    "packages/ray-zerocopy",
+    "packages/ray-zerocopy-export",
+)
 SOURCES = tuple(f"{p}/src" for p in PACKAGES)
 UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 
@@ -32,11 +37,11 @@ TEST_DEPS = ("pytest>=8", "psutil>=5.9")
 
 
 def install_project(session: nox.Session, *, torch: str = TORCH, ray: str | None = None, extras: str = "") -> None:
-    """Install pinned torch (and ray), then the three packages from this working tree."""
+    """Install pinned torch (and ray), then every package of this working tree (editable)."""
     session.install(f"torch=={torch}")
     if ray is not None:
         session.install(f"ray[data]=={ray}")
-    session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", f"{PACKAGES[2]}{extras}")
+    session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", PACKAGES[3], "-e", f"{PACKAGES[2]}{extras}")
 
 
 def run_pytest(session: nox.Session, *paths: str) -> None:
@@ -75,8 +80,9 @@ def tests_minimum(session: nox.Session) -> None:
 @nox.session
 def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
-    install_project(session, extras="[jit]")
-    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling")  # hatchling: sdist->wheel
+    install_project(session, extras="[jit,export]")
+    # hatchling: sdist->wheel (test_packaging); transformers: a Hugging Face model exported (test_export)
+    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "transformers")
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
     run_pytest(session, "-m", "not slow", "tests_integration")
 
