@@ -7,6 +7,7 @@ from importlib import metadata
 import ray_zerocopy
 import ray_zerocopy.actor
 import ray_zerocopy.invoke
+import ray_zerocopy.legacy
 import ray_zerocopy.wrappers
 import ray_zerocopy_core
 
@@ -22,10 +23,10 @@ def test_every_core_name_is_re_exported() -> None:
 
 
 def test_seed_import_paths_still_work() -> None:
-    assert ray_zerocopy.invoke.rewrite_pipeline is ray_zerocopy_core.rewrite_pipeline
-    for name in ("prepare_model_for_actors", "load_model_in_actor", "rewrite_pipeline_for_actors"):
-        assert getattr(ray_zerocopy.actor, name) is getattr(ray_zerocopy_core, name)
-    assert ray_zerocopy.actor.load_pipeline_in_actor is ray_zerocopy_core.load_pipeline_in_actor
+    assert ray_zerocopy.invoke.rewrite_pipeline is ray_zerocopy.legacy.rewrite_pipeline
+    for name in ray_zerocopy.actor.__all__:
+        assert getattr(ray_zerocopy.actor, name) is getattr(ray_zerocopy.legacy, name)
+        assert getattr(ray_zerocopy, name) is getattr(ray_zerocopy.legacy, name)
     assert ray_zerocopy.wrappers.TaskWrapper is ray_zerocopy.TaskWrapper
 
 

@@ -22,13 +22,6 @@ from ray_zerocopy_core.errors import (
     ZeroCopyError,
 )
 from ray_zerocopy_core.inspection import aliases_object_store
-from ray_zerocopy_core.legacy import (
-    load_model_in_actor,
-    load_pipeline_in_actor,
-    prepare_model_for_actors,
-    rewrite_pipeline,
-    rewrite_pipeline_for_actors,
-)
 from ray_zerocopy_core.modes.task import RemoteModel
 from ray_zerocopy_core.named import (
     PublishedModel,
@@ -86,13 +79,8 @@ __all__ = [
     "get_backend",
     "get_or_publish",
     "list_published",
-    "load_model_in_actor",
-    "load_pipeline_in_actor",
     "load_published",
-    "prepare_model_for_actors",
     "publish",
     "register_backend",
-    "rewrite_pipeline",
-    "rewrite_pipeline_for_actors",
     "unpublish",
 ]

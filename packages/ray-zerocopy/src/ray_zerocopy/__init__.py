@@ -1,7 +1,8 @@
 """ray-zerocopy: share PyTorch models across Ray workers with one copy of the weights per node.
 
 This package re-exports the API of ``ray_zerocopy_core`` and, when installed with the
-``jit`` extra, the TorchScript wrappers of ``ray_zerocopy_jit``.
+``jit`` extra, the TorchScript wrappers of ``ray_zerocopy_jit``. It also keeps the
+deprecated functions of earlier versions (:mod:`ray_zerocopy.legacy`).
 
 Example::
 
@@ -26,6 +27,13 @@ from typing import Any
 
 import ray_zerocopy_core
 from ray_zerocopy._jit_import import JIT_NAMES, import_jit
+from ray_zerocopy.legacy import (
+    load_model_in_actor,
+    load_pipeline_in_actor,
+    prepare_model_for_actors,
+    rewrite_pipeline,
+    rewrite_pipeline_for_actors,
+)
 from ray_zerocopy_core import *  # noqa: F403  (every name of core's __all__, listed again below)
 
 try:
@@ -42,3 +50,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = list(ray_zerocopy_core.__all__)
+__all__ += [  # the deprecated functions of earlier versions
+    "load_model_in_actor",
+    "load_pipeline_in_actor",
+    "prepare_model_for_actors",
+    "rewrite_pipeline",
+    "rewrite_pipeline_for_actors",
+]

@@ -1,6 +1,6 @@
 """Legacy actor-mode functions, kept for old code: use :class:`ray_zerocopy.ActorWrapper`."""
 
-from ray_zerocopy_core.legacy import (
+from ray_zerocopy.legacy import (
     load_model_in_actor,
     load_pipeline_in_actor,
     prepare_model_for_actors,

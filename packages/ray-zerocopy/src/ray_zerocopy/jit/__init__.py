@@ -1,15 +1,16 @@
 """TorchScript support (needs ``pip install 'ray-zerocopy[jit]'``).
 
-Re-exports ``ray_zerocopy_jit``: the TorchScript wrappers and the legacy
-``rewrite_pipeline`` for ScriptModules. Importing this without the jit package raises
-an ImportError that names the install command.
+Re-exports the TorchScript wrappers of ``ray_zerocopy_jit`` and the legacy
+``rewrite_pipeline`` for ScriptModules (defined in :mod:`ray_zerocopy.legacy`).
+Importing this without the jit package raises an ImportError that names the install
+command.
 """
 
 from ray_zerocopy._jit_import import import_jit
 
 import_jit()
 
+from ray_zerocopy.legacy import jit_rewrite_pipeline as rewrite_pipeline  # noqa: E402
 from ray_zerocopy_jit import JITActorWrapper, JITModelWrapper, JITTaskWrapper  # noqa: E402
-from ray_zerocopy_jit.legacy import rewrite_pipeline  # noqa: E402
 
 __all__ = ["JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "rewrite_pipeline"]
