@@ -30,6 +30,7 @@ published from one whose holder died.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import inspect
@@ -99,10 +100,8 @@ class _Record:
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc), so dropped tensors leave the process."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _kv_put(name: str, info: PublishedModel) -> None:
@@ -233,7 +232,7 @@ class _ModelHolder:
         _kv_delete(self._name)
 
 
-_Holder = ray.remote(num_cpus=0, max_restarts=0)(_ModelHolder)
+_Holder: Any = ray.remote(num_cpus=0, max_restarts=0)(_ModelHolder)
 
 
 def _ensure_ray() -> None:
@@ -361,7 +360,7 @@ def publish(
     except BaseException:
         _drop_if_empty(holder)  # a bad model or a failing loader leaves no empty holder behind
         raise
-    return info  # type: ignore[no-any-return]
+    return info
 
 
 def _drop_if_empty(holder: Any) -> None:
@@ -544,10 +543,9 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
         if missing_ok:
             return False
         raise _not_published(name)
-    try:
+    # Already dead or stuck: killing it below releases its objects as well.
+    with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         ray.get(holder.release.remote(), timeout=_RELEASE_TIMEOUT_S)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass  # already dead or stuck: killing it below releases its objects as well
     ray.kill(holder, no_restart=True)
     _kv_delete(name)
     return True
