@@ -39,9 +39,10 @@ norms, plus embedding and output head): about 200 tensors whatever its size, so 
 and per-byte costs can be told apart. Variants: tied embedding/output weights, bfloat16,
 traced TorchScript. Each point starts fresh actors (torch imported and warmed up first),
 then asks all of them to load at the same moment; each actor times its own load and its
-first forward (a zero-copy model pays its page faults there). The targets below come from
-the design document and are checked as ratios between methods of the same run, since the
-machine was shared and timings are noisy.
+first forward (a zero-copy model pays its page faults there). The targets below, and
+the reasons for them, are those of {doc}`design` ("Performance targets"); they are checked
+as ratios between methods of the same run, since the machine was shared and timings are
+noisy.
 
 ## Reproduce
 

@@ -6,7 +6,7 @@ users would do instead: ``torch.load`` of a saved state dict, ``ray.put(model)``
 TorchScript ``torch.jit.load``. Figures: load time and load + first forward against
 model size and actor count, extra memory, driver wrap time and peak memory, task-mode
 latency, a Ray Data actor pool. Writes ``results.md``, ``results.json`` and PNG plots
-to ``--out`` and checks the targets of DESIGN.md ("Performance") as ratios.
+to ``--out`` and checks the performance targets of ``docs/design.md`` as ratios.
 """
 
 from __future__ import annotations

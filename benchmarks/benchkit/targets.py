@@ -1,4 +1,4 @@
-"""Rendering a run: one markdown table per figure, the DESIGN.md targets, the plots.
+"""Rendering a run: one markdown table per figure, the targets of docs/design.md, the plots.
 
 Every target is checked as a ratio between methods measured in the same run, so a
 slow or busy machine moves both sides together.
@@ -231,7 +231,7 @@ def _best_alternative(base: list[Point], size: int, actors: int, key: str) -> tu
 
 
 def target_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The DESIGN.md targets: target, measured, met / not met."""
+    """The performance targets of docs/design.md: target, measured, met / not met."""
     points = results.get("points", [])
     base = _base_points(points)
     sizes = results["args"]["size"]
@@ -370,7 +370,7 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
     methods = [m for m in args["methods"] if not METHODS[m].scripted]
     sections = [
         "## Machine\n\n" + machine_lines(results["machine"], results.get("elapsed_s")),
-        "## Targets (DESIGN.md, as ratios in this run)\n\n"
+        "## Targets (docs/design.md, as ratios in this run)\n\n"
         + table(["target", "measured", "verdict"], target_rows(results)),
     ]
     models = results.get("models", {})
