@@ -47,6 +47,8 @@ EXPECTED_OUTPUT = {
     "torchscript_task_and_actor.py": "JITActorWrapper: 2 actors agree",
     "gpu_placement.py": "the actor's model ran on",
     "serve_deployment.py": "8 requests answered",
+    "serve_named_models.py": "named-model demo done",
+    "serve_multiplexed.py": "answered correctly by",
 }
 
 
