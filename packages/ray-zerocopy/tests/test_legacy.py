@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 import pytest
@@ -48,13 +49,13 @@ def test_core_and_jit_packages_no_longer_carry_legacy_names() -> None:
         assert name not in ray_zerocopy_jit.__all__ and not hasattr(ray_zerocopy_jit, name), name
 
 
-def test_jit_defaults_differ_only_where_torchscript_needs_it() -> None:
-    import inspect
-
-    eager = inspect.signature(legacy.rewrite_pipeline).parameters["method_names"].default
-    jit = inspect.signature(legacy.jit_rewrite_pipeline).parameters["method_names"].default
-    assert eager == ray_zerocopy.TaskWrapper.default_method_names
-    assert jit == ray_zerocopy.JITTaskWrapper.default_method_names
+def test_each_function_is_written_once_and_bound_to_its_family() -> None:
+    for name in EAGER:
+        eager, jit = getattr(legacy, name), getattr(legacy.JIT, name)
+        assert isinstance(eager, MethodType) and isinstance(jit, MethodType)
+        assert eager.__self__ is legacy.EAGER and eager.__func__ is jit.__func__, name
+    for jit_function in (legacy.jit_rewrite_pipeline, legacy.prepare_jit_model_for_actors):
+        assert isinstance(jit_function, MethodType) and jit_function.__self__ is legacy.JIT
 
 
 def caught(call: Callable[[], Any], error: type[Exception]) -> warnings.WarningMessage:
