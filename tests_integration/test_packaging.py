@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,18 @@ def test_release_version_sorts_above_everything_published_under_our_names() -> N
     for name, versions in PUBLISHED.items():
         assert name in PROJECTS
         assert Version(VERSION) > max(map(Version, versions)), f"{VERSION} would lose to {name} {max(versions)}"
+
+
+def test_installed_packages_report_the_release_version() -> None:
+    import ray_zerocopy
+
+    assert ray_zerocopy.__version__ == VERSION, "reinstall the editable packages after a version change"
+    for name in PROJECTS:
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        assert installed == VERSION, f"{name} {installed} is installed; reinstall it ({VERSION} in its pyproject)"
 
 
 def hatchling(target: str, source: Path, out: Path) -> Path:
