@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import ray_zerocopy_export.backend as backend_module
 import torch
 from export_models import DIM, Mlp, Tower, export_mlp, export_tower, payload_of, round_trip, tokens, trained_tower
 from ray_zerocopy_export import ExportBackend, ZeroCopyExportedProgram
-from ray_zerocopy_export.backend import ProgramSkeleton, find_slots
+from ray_zerocopy_export.backend import ProgramSkeleton, find_slots, pytree_modules
 from torch import nn
 from torch.export import ExportedProgram
 
@@ -251,3 +252,34 @@ def test_find_slots_lists_each_tensor_once(program: ExportedProgram) -> None:
     assert len(tensors) == len(slots) - 1  # head.weight is embed.weight
     assert {s.name for s in slots if s.is_parameter} == set(program.graph_signature.parameters)
     assert program.state_dict["proj.weight"].shape[0] == DIM
+
+
+@dataclass
+class Scores:
+    """A dataclass output, registered with torch's pytree in this module."""
+
+    logits: torch.Tensor
+    best: torch.Tensor
+
+
+torch.export.register_dataclass(Scores, serialized_type_name=f"{__name__}.Scores")
+
+
+class Scorer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(DIM, 3)
+
+    def forward(self, x: torch.Tensor) -> Scores:
+        logits = self.linear(x)
+        return Scores(logits, logits.argmax(dim=-1))
+
+
+def test_modules_of_output_types_are_recorded_for_the_worker() -> None:
+    x = torch.randn(2, DIM)
+    program = torch.export.export(Scorer().eval(), (x,))
+    assert pytree_modules(program) == [__name__]
+    assert ProgramSkeleton.from_bytes(payload_of(program).skeleton).modules == [__name__]
+    out = round_trip(program)(x)
+    assert isinstance(out, Scores) and torch.equal(out.logits, program.module()(x).logits)
+    assert pytree_modules(export_tower()) == []

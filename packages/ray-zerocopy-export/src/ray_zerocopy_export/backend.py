@@ -19,6 +19,7 @@ directly (it runs a cached ``ep.module()``), which is what task mode calls.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import operator
 import pickle
@@ -52,6 +53,8 @@ SKELETON_FORMAT = 1
 
 #: Kinds of graph outputs that write to a weight in place when the program runs.
 _MUTATING_OUTPUTS = (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
+#: Top-level modules whose pytree types need no import on the worker.
+_BUILTIN_ROOTS = frozenset({"builtins", "collections", "torch", "typing"})
 #: Kinds of graph inputs that are weights lifted out of the module.
 _WEIGHT_INPUTS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 #: Norm ops that update their ``running_*`` arguments when called with ``training=True``
@@ -88,6 +91,7 @@ class ProgramSkeleton:
             tensors follow the weights in the table), or ``None`` when not kept.
         example_tensors: how many table entries, after the weights, are example inputs.
         mutated: the weights the program writes in place when it runs (see :func:`mutated_weights`).
+        modules: modules to import before deserializing (see :func:`pytree_modules`).
         torch_version: the torch version that wrote ``program``.
         format: :data:`SKELETON_FORMAT`.
     """
@@ -97,6 +101,7 @@ class ProgramSkeleton:
     example_inputs: bytes | None = None
     example_tensors: int = 0
     mutated: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
     torch_version: str = field(default_factory=lambda: torch.__version__)
     format: int = SKELETON_FORMAT
 
@@ -110,6 +115,7 @@ class ProgramSkeleton:
             "example_inputs": self.example_inputs,
             "example_tensors": self.example_tensors,
             "mutated": self.mutated,
+            "modules": self.modules,
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -129,6 +135,7 @@ class ProgramSkeleton:
             example_inputs=state["example_inputs"],
             example_tensors=state["example_tensors"],
             mutated=state["mutated"],
+            modules=state["modules"],
             torch_version=state["torch_version"],
             format=state["format"],
         )
@@ -259,6 +266,39 @@ def _example_inputs(program: ExportedProgram) -> tuple[bytes | None, list[tuple[
     return pickled, [(f"example input {i}", t.detach()) for i, t in enumerate(tensors)]
 
 
+def pytree_modules(program: ExportedProgram) -> list[str]:
+    """Modules defining the container types of the program's inputs and outputs.
+
+    A type used in the call spec (a Hugging Face ``ModelOutput``, a dataclass...) is
+    registered with torch's pytree when its module is imported; a worker must import
+    it before deserializing the program, or deserialization fails.
+    """
+    specs = [program.call_spec.in_spec, program.call_spec.out_spec]
+    for entry in program.module_call_graph:
+        if entry.signature is not None:
+            specs += [entry.signature.in_spec, entry.signature.out_spec]
+    modules: dict[str, None] = {}
+    stack = [spec for spec in specs if spec is not None]
+    while stack:
+        spec = stack.pop()
+        module = getattr(spec.type, "__module__", None)
+        if module and module.split(".")[0] not in _BUILTIN_ROOTS:
+            modules[module] = None
+        stack.extend(spec.children())
+    return list(modules)
+
+
+def _import_pytree_modules(modules: list[str]) -> None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UnsupportedModelError(
+                f"This ExportedProgram's inputs or outputs use types from {module!r}, which cannot be "
+                f"imported on this worker ({exc}). Install the same packages on every worker as on the driver."
+            ) from exc
+
+
 def save_skeleton(program: ExportedProgram, slots: list[WeightSlot]) -> bytes:
     """The serialized graph of ``program`` without tensor bytes, as a :class:`ProgramSkeleton`'s ``program``."""
     serialize, _, _ = _serde()
@@ -371,6 +411,7 @@ class ExportBackend:
             example_inputs=example_pickle,
             example_tensors=len(example_tensors),
             mutated=mutated,
+            modules=pytree_modules(model),
         ).to_bytes()
         if mutated:
             warnings.warn(
@@ -405,6 +446,7 @@ class ExportBackend:
         if skeleton.example_inputs is not None:
             example_inputs = join_tensors(skeleton.example_inputs, tensors[n_weights:])
         _, deserialize, artifact_type = _serde()
+        _import_pytree_modules(skeleton.modules)
         try:
             artifact = artifact_type(zlib.decompress(skeleton.program), state_dict, constants, example_inputs or b"")
             program = deserialize(artifact)

@@ -1,0 +1,341 @@
+"""The torch.export backend on a real local Ray: actor and task mode, pipelines, safety, a HF model.
+
+Every program is a ``torch.export.ExportedProgram``; inside the actors the loaded
+program's ``state_dict`` and ``constants`` (and the module ``ep.module()`` builds from
+them) are checked to lie in the object store's shared mapping, and outputs are compared
+bit for bit with the program run in the driver.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
+
+import pytest
+import ray
+import torch
+from torch import nn
+from torch.export import Dim, ExportedProgram
+
+from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, aliases_object_store
+from ray_zerocopy_core.errors import BackendNotInstalledError
+from ray_zerocopy_core.registry import ENTRY_POINT_GROUP, KNOWN_BACKENDS, reset_registry
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+VOCAB = 64
+EXPORT_HINT = "pip install 'ray-zerocopy[export]'"
+
+
+class Tower(nn.Module):
+    """Tied embedding/head, BatchNorm buffers, a non-persistent buffer and a lifted constant."""
+
+    def __init__(self, dim: int = 32, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, dim, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, dtype=dtype)
+        self.norm = nn.BatchNorm1d(dim, dtype=dtype)
+        self.head = nn.Linear(dim, VOCAB, bias=False, dtype=dtype)
+        self.head.weight = self.embed.weight
+        self.register_buffer("offset", torch.linspace(-1, 1, dim, dtype=dtype), persistent=False)
+        self.scale = torch.linspace(0.5, 1.5, dim, dtype=dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(self.proj(self.embed(tokens).mean(dim=1))) * self.scale + self.offset
+        return self.head(torch.relu(hidden))
+
+
+def tokens(batch: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, 9), generator=torch.Generator().manual_seed(seed))
+
+
+X = tokens()
+
+
+def export_tower(dtype: torch.dtype = torch.float32, dim: int = 32) -> ExportedProgram:
+    """A trained-looking Tower, exported with a dynamic batch dimension."""
+    torch.manual_seed(0)
+    model = Tower(dim, dtype)
+    with torch.no_grad():
+        model(tokens(32, seed=7))  # non-trivial BatchNorm statistics
+    model.eval()
+    return torch.export.export(model, (X,), dynamic_shapes=({0: Dim("batch", min=1, max=512)},))
+
+
+def _script(model: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.script(model)
+
+
+class MixedPipeline:
+    """An eager embedding, a TorchScript block and an exported head, plus plain state."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(3)
+        self.embed = nn.Embedding(VOCAB, 16).eval()
+        self.block = _script(nn.Sequential(nn.Linear(16, 16), nn.Tanh()).eval())
+        head = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
+        self.head = torch.export.export(head, (torch.zeros(4, 16),), dynamic_shapes=({0: Dim("rows")},))
+        self.temperature = 2.0
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(ids).mean(dim=1))) / self.temperature
+
+
+def run_local(pipeline: MixedPipeline, ids: torch.Tensor) -> torch.Tensor:
+    """The pipeline in the driver (its exported head through ``module()``)."""
+    hidden = pipeline.block(pipeline.embed(ids).mean(dim=1))
+    return pipeline.head.module()(hidden) / pipeline.temperature
+
+
+def inspect_program(program: Any) -> dict[str, Any]:
+    """What an actor sees of a loaded program: its type, where its tensors live, ties."""
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    module = program.module()
+    module_tensors = [*module.parameters(), *module.buffers()]
+    return {
+        "is_program": isinstance(program, ExportedProgram),
+        "n_tensors": len(tensors),
+        "all_alias_store": bool(tensors) and all(aliases_object_store(t) for t in tensors),
+        "module_alias_store": bool(module_tensors) and all(aliases_object_store(t) for t in module_tensors),
+        "tied": program.state_dict.get("head.weight") is program.state_dict.get("embed.weight"),
+        "any_requires_grad": any(t.requires_grad for t in tensors),
+    }
+
+
+@ray.remote(num_cpus=0.25)
+class Worker:
+    """Loads what it is given in ``__init__``, as users do."""
+
+    def __init__(self, wrapper: Any, **load_kwargs: Any) -> None:
+        self.model = wrapper.load(**load_kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the loaded program through ``module()``, as in the driver."""
+        with torch.no_grad():
+            return self.model.module()(*args, **kwargs)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the loaded object itself (a pipeline, or the program's cached module)."""
+        with torch.no_grad():
+            return self.model(*args, **kwargs)
+
+    def inspect(self, attr: str | None = None) -> dict[str, Any]:
+        return inspect_program(getattr(self.model, attr) if attr else self.model)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: t.detach().clone() for name, t in self.model.state_dict.items()}
+
+    def write(self) -> str:
+        with torch.no_grad():
+            self.model.state_dict["proj.weight"].add_(1)
+        return "wrote"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run the driver's reference computations on one thread, as Ray workers do.
+
+    Matmul reductions may be ordered differently with more threads, which changes
+    the last bit of some outputs; bit-exact comparisons need the same thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def kill(*actors: Any) -> None:
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_actor_mode_is_zero_copy_exact_and_dynamic() -> None:
+    program = export_tower()
+    wrapper = ActorWrapper(program)
+    workers = [Worker.remote(wrapper) for _ in range(2)]
+    for info in ray.get([w.inspect.remote() for w in workers]):
+        assert info["is_program"] and info["all_alias_store"] and info["module_alias_store"]
+        assert info["tied"] and not info["any_requires_grad"] and info["n_tensors"] >= 9
+    expected = program.module()(X)
+    for worker in workers:
+        assert torch.equal(ray.get(worker.run.remote(X)), expected)
+        assert torch.equal(ray.get(worker.call.remote(X)), expected)
+    for batch in (1, 17):  # a batch size the program was not traced with
+        ids = tokens(batch, seed=batch)
+        assert torch.equal(ray.get(workers[0].run.remote(ids)), program.module()(ids))
+    kill(*workers)
+
+
+def test_model_wrapper_actor_mode_returns_an_exported_program() -> None:
+    program = export_tower()
+    wrapper = ModelWrapper.from_model(program, mode="actor")
+    worker = Worker.remote(wrapper)
+    assert ray.get(worker.inspect.remote())["is_program"]
+    assert torch.equal(ray.get(worker.run.remote(X)), program.module()(X))
+    kill(worker)
+
+
+def test_task_mode_runs_the_program_module() -> None:
+    program = export_tower()
+    expected = program.module()(X)
+    assert torch.equal(TaskWrapper(program)(X), expected)
+    wrapper = ModelWrapper.from_model(program, mode="task")
+    for batch in (4, 11):
+        ids = tokens(batch, seed=batch)
+        assert torch.equal(wrapper(ids), program.module()(ids))
+
+
+def test_mixed_pipeline_actor_mode() -> None:
+    pipeline = MixedPipeline()
+    wrapper = ActorWrapper(pipeline)
+    assert sorted(wrapper.model_names) == ["block", "embed", "head"]
+    worker = Worker.remote(wrapper)
+    head = ray.get(worker.inspect.remote("head"))
+    assert head["is_program"] and head["all_alias_store"] and head["module_alias_store"]
+    ids = tokens(6, seed=3)
+    assert torch.equal(ray.get(worker.call.remote(ids)), run_local(pipeline, ids))
+    kill(worker)
+
+
+def test_mixed_pipeline_task_mode() -> None:
+    pipeline = MixedPipeline()
+    ids = tokens(5, seed=4)
+    assert torch.equal(TaskWrapper(pipeline)(ids), run_local(pipeline, ids))
+
+
+def test_bfloat16_program_is_bit_exact() -> None:
+    program = export_tower(torch.bfloat16)
+    worker = Worker.remote(ActorWrapper(program))
+    info = ray.get(worker.inspect.remote())
+    assert info["all_alias_store"] and info["tied"]
+    out = ray.get(worker.run.remote(X))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, program.module()(X))
+    kill(worker)
+
+
+def test_a_write_stops_the_writer_and_reaches_no_other_actor() -> None:
+    program = export_tower()
+    original = {name: t.detach().clone() for name, t in program.state_dict.items()}
+    wrapper = ActorWrapper(program)
+    writer, bystander = Worker.remote(wrapper), Worker.remote(wrapper)
+    assert all(info["all_alias_store"] for info in ray.get([writer.inspect.remote(), bystander.inspect.remote()]))
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(writer.write.remote(), timeout=120)
+    for worker in (bystander, Worker.remote(wrapper)):
+        seen = ray.get(worker.weights.remote(), timeout=120)
+        assert seen.keys() == original.keys()
+        assert all(torch.equal(seen[name], original[name]) for name in original)
+        assert torch.equal(ray.get(worker.run.remote(X)), program.module()(X))
+        kill(worker)
+
+
+def test_writable_load_is_a_private_copy() -> None:
+    program = export_tower()
+    wrapper = ActorWrapper(program)
+    editor, bystander = Worker.remote(wrapper, writable=True), Worker.remote(wrapper)
+    assert not ray.get(editor.inspect.remote())["all_alias_store"]
+    assert ray.get(editor.write.remote()) == "wrote"
+    assert not torch.equal(ray.get(editor.weights.remote())["proj.weight"], program.state_dict["proj.weight"])
+    assert torch.equal(ray.get(bystander.weights.remote())["proj.weight"], program.state_dict["proj.weight"])
+    kill(editor, bystander)
+
+
+def _hf_llama() -> tuple[nn.Module, ExportedProgram, torch.Tensor]:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()  # random weights, nothing downloaded
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(5))
+    program = torch.export.export(model, (), {"input_ids": ids, "use_cache": False}, strict=False)
+    return model, program, ids
+
+
+def test_hugging_face_llama_in_actors_and_tasks() -> None:
+    model, program, ids = _hf_llama()
+    assert program.graph_signature.non_persistent_buffers  # rotary inv_freq
+    with torch.no_grad():
+        eager = model(input_ids=ids, use_cache=False).logits
+    expected = program.module()(input_ids=ids, use_cache=False).logits
+    assert torch.equal(expected, eager)
+    wrapper = ActorWrapper(program)
+    workers = [Worker.remote(wrapper) for _ in range(2)]
+    for info in ray.get([w.inspect.remote() for w in workers]):
+        assert info["is_program"] and info["all_alias_store"] and info["module_alias_store"]
+    for worker in workers:
+        out = ray.get(worker.run.remote(input_ids=ids, use_cache=False))
+        assert torch.equal(out.logits, expected)
+    assert torch.equal(TaskWrapper(program)(input_ids=ids, use_cache=False).logits, expected)
+    kill(*workers)
+
+
+# --- without the package -------------------------------------------------------------
+
+BLOCKED = "ray_zerocopy_export"
+
+
+class _BlockExport(MetaPathFinder):
+    """Finds ``ray_zerocopy_export`` only to refuse it, as if it were not installed."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname == BLOCKED or fullname.startswith(BLOCKED + "."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+@pytest.fixture
+def without_export(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as if ``ray-zerocopy-export`` were not installed (restored after)."""
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] == BLOCKED}
+    for name in saved:
+        del sys.modules[name]
+    real_entry_points = metadata.entry_points
+
+    def entry_points_without_export(**params: Any) -> Any:
+        found = real_entry_points(**params)
+        if params.get("group") == ENTRY_POINT_GROUP:
+            return metadata.EntryPoints(ep for ep in found if not ep.value.startswith(BLOCKED))
+        return found
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points_without_export)
+    blocker = _BlockExport()
+    sys.meta_path.insert(0, blocker)
+    reset_registry()
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(blocker)
+        for name in [name for name in sys.modules if name.split(".")[0] == BLOCKED]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        monkeypatch.undo()
+        reset_registry()
+
+
+@pytest.mark.skipif(
+    "export" not in KNOWN_BACKENDS, reason="core's registry does not list the export backend as a known backend yet"
+)
+def test_without_the_package_wrapping_names_the_install(without_export: None) -> None:
+    program = export_tower()
+    with pytest.raises(BackendNotInstalledError, match=r"pip install 'ray-zerocopy\[export\]'"):
+        ActorWrapper(program)
+    with pytest.raises(BackendNotInstalledError, match=r"pip install 'ray-zerocopy\[export\]'"):
+        TaskWrapper(program)
+    # Eager models are unaffected.
+    assert ActorWrapper(nn.Linear(4, 2).eval()).load()(torch.ones(1, 4)).shape == torch.Size([1, 2])
