@@ -110,7 +110,8 @@ def test_model_wrapper_actor_mode_with_pipeline_and_fast_load() -> None:
     wrapper = ModelWrapper.from_model(pipeline, mode="actor", use_fast_load=True)
     assert wrapper.model_names == ["encoder", "decoder"]
     actor = Holder.remote(wrapper)
-    assert torch.equal(ray.get(actor.call.remote(x)), pipeline(x))
+    # A fractional-CPU actor runs matmuls on one thread, the driver on two: the last bit may differ.
+    torch.testing.assert_close(ray.get(actor.call.remote(x)), pipeline(x), rtol=1e-6, atol=1e-6)
     info = ray.get(actor.inspect.remote("decoder"))
     assert info["all_alias_store"] and info["param_types"] == {"Tensor"}
 

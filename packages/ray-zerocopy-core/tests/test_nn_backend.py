@@ -124,10 +124,13 @@ def test_rebuilt_tensors_alias_the_stored_bytes(tied_lm: TiedLM) -> None:
         assert any(start <= tensor.data_ptr() < end for start, end in spans)
 
 
-def test_extract_does_not_copy_cpu_weights(tied_lm: TiedLM) -> None:
-    payload = NNBackend().extract(tied_lm)
+def test_extract_does_not_copy_cpu_weights() -> None:
+    model = TiedLM(vocab=500, dim=64)  # 125 KiB embedding; storages under 4 KiB are packed (copied)
+    payload = NNBackend().extract(model)
     storage_addresses = {int(b.ctypes.data) for b in payload.table.storages}
-    assert tied_lm.embed.weight.data_ptr() in storage_addresses
+    assert model.embed.weight.data_ptr() in storage_addresses
+    assert model.block[0].weight.data_ptr() in storage_addresses  # 16 KiB
+    assert len(payload.table.storages) == 3  # embedding, linear weight, one pack of the small ones
 
 
 def test_writable_gives_private_copies(tied_lm: TiedLM) -> None:
@@ -182,3 +185,22 @@ def test_backend_declines_script_modules() -> None:
     scripted = torch.jit.script(nn.Linear(2, 2))
     assert not NNBackend().handles(scripted)
     assert NNBackend().handles(nn.Linear(2, 2))
+
+
+def test_every_storage_is_aligned_for_every_dtype_after_a_store_like_rays() -> None:
+    """Small buffers of a 16-byte dtype after an odd-sized one (Ray aligns buffers under 2 KiB to 8 bytes only)."""
+    from test_memory import stored_in_shared_memory
+
+    module = nn.Module()
+    module.register_buffer("flags", torch.tensor([1, 2, 3], dtype=torch.int8))
+    module.register_buffer("small", torch.arange(5.0).to(torch.complex128))
+    module.register_buffer("other", torch.arange(9.0).to(torch.complex128) * 1j)
+    module.register_buffer("big", torch.arange(600.0).to(torch.complex128))
+    payload = NNBackend().extract(module)
+    stored = stored_in_shared_memory(payload.table, first_offset=8)
+    assert all(int(buffer.ctypes.data) % 64 == 0 for buffer in stored.storages)
+    stored_payload = type(payload)(payload.backend, payload.skeleton, stored)
+    rebuilt = NNBackend().rebuild(stored_payload, LoadOptions())
+    for name, tensor in module.named_buffers():
+        assert torch.equal(getattr(rebuilt, name), tensor), name
+    assert payload.nbytes == 3 + 5 * 16 + 9 * 16 + 600 * 16

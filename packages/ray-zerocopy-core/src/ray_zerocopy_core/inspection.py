@@ -11,22 +11,7 @@ import os
 
 import torch
 
-
-def shared_memory_ranges() -> list[tuple[int, int]]:
-    """Address ranges ``[start, end)`` this process maps from Ray's object store or ``/dev/shm``.
-
-    Reads ``/proc/self/maps``; returns an empty list where that file does not exist.
-    """
-    ranges = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                if "plasma" in line or "/dev/shm" in line:
-                    start, end = line.split()[0].split("-")
-                    ranges.append((int(start, 16), int(end, 16)))
-    except FileNotFoundError:
-        return []
-    return ranges
+from ray_zerocopy_core.memory import shared_memory_ranges
 
 
 def aliases_object_store(tensor: torch.Tensor) -> bool:

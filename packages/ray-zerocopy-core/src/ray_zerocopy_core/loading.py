@@ -1,9 +1,9 @@
 """Turning a stored :class:`TensorTable` into ready tensors, the way the options ask.
 
-The default, on the CPU, is zero-copy: tensors alias the object-store buffers and
-those pages are made read-only in this process (:mod:`ray_zerocopy_core.protection`).
-``writable=True`` gives private copies; a CUDA device gets one host-to-device copy per
-storage. Either way, tensors that shared a storage share one again.
+The default, on the CPU, is zero-copy: tensors alias the object-store memory, which
+:mod:`ray_zerocopy_core.memory` maps and makes read-only in this process.
+``writable=True`` gives private copies; a CUDA device gets one host-to-device copy of
+the stored bytes. Either way, tensors that shared a storage share one again.
 """
 
 from __future__ import annotations
@@ -11,61 +11,33 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ray_zerocopy_core.backend import LoadOptions
-from ray_zerocopy_core.protection import (
-    ProtectedRegion,
-    Span,
-    buffer_spans,
-    laid_out_together,
-    prefault_in_background,
-    protect,
-)
+from ray_zerocopy_core.memory import map_stored_table, prefault_in_background
 from ray_zerocopy_core.representation import TensorTable, rebuild_tensors
 
-#: The exact warning torch gives when wrapping read-only memory; only silenced on the
-#: path where the pages cannot be protected (and so are shared as they are).
+#: The exact warning torch gives when wrapping read-only numpy memory; silenced only for
+#: tables that never left this process (the driver's own payload), which are used as they are.
 _NOT_WRITABLE_WARNING = "The given NumPy array is not writable"
-
-
-class _StoredSpan:
-    """A numpy-array view of a whole stored table; holds its protected region, if any.
-
-    One array (and so one tensor) spans every buffer, and each tensor is set directly
-    onto its storage at the right offset: a couple of microseconds per tensor.
-    """
-
-    def __init__(self, spans: list[Span], region: ProtectedRegion | None) -> None:
-        self.region = region
-        self.start = spans[0][0]
-        self.__array_interface__ = {
-            "data": (self.start, False),
-            "shape": (spans[-1][0] + spans[-1][1] - self.start,),
-            "typestr": "|u1",
-            "version": 3,
-        }
 
 
 def storage_bases(table: TensorTable, options: LoadOptions) -> list[tuple[torch.Tensor, int]]:
     """For each storage of ``table``: a uint8 tensor holding it and the byte offset there.
 
     Zero-copy on the CPU unless ``options`` asks for a private or device copy (see the
-    module doc). A table that was stored in Ray is one span in memory and is handled
-    as one tensor; one that never left this process falls back to a tensor per buffer.
+    module doc). A table stored in Ray is one stretch of memory and is handled as one
+    tensor; one that never left this process gives a tensor per buffer.
     """
-    spans = buffer_spans(table.buffers)
-    if laid_out_together(spans):
-        region = protect(spans) if options.zero_copy else None
-        span = _StoredSpan(spans, region)
-        whole = torch.from_numpy(np.asarray(span))
+    mapped = map_stored_table(table, protect=options.zero_copy)
+    if mapped is not None:
+        whole, offsets = mapped
         if not options.zero_copy:
             whole = _private_copy(whole, options)
         elif options.prefault:
-            prefault_in_background(span.start, span.start + whole.numel(), keep_alive=whole)
-        return [(whole, address - spans[0][0]) for address, _ in spans[1:-1]]
+            prefault_in_background(whole)
+        return [(whole, offset) for offset in offsets]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NOT_WRITABLE_WARNING, category=UserWarning)
         raw = [torch.from_numpy(buffer) for buffer in table.storages]

@@ -7,9 +7,12 @@ byte into the object store once, and a worker maps it back without copying. Rebu
 reinterprets those bytes with ``Tensor.view(dtype)``, so every torch dtype works,
 including the ones numpy lacks (bfloat16, float8).
 
-The buffers are framed by two one-page pads, so that in the object store every weight
-byte lies on a page that holds nothing but this model's bytes: this is what lets
-:mod:`ray_zerocopy_core.protection` make the weights read-only page by page.
+Alignment: every buffer starts at a multiple of :data:`ALIGNMENT` (64) bytes inside a
+stored object, whatever the dtypes. Ray aligns out-of-band buffers of 2 KiB and more to
+64 bytes but smaller ones to 8 only, so storages under :data:`SMALL_STORAGE_BYTES` are
+copied into one shared *pack* (each at a 64-byte offset, the pack at least that size):
+a few KiB copied per model, never the large weights. Spans that start inside a storage
+are widened down to a 64-byte boundary, so offsets keep their alignment.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 
-PAGE_SIZE = 4096
+#: Every storage starts at a multiple of this many bytes (the largest element size is 16).
+ALIGNMENT = 64
+#: Storages smaller than this are packed together into one buffer (see the module doc).
+SMALL_STORAGE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -46,21 +52,26 @@ class TensorEntry:
 class TensorTable:
     """Tensors of one model as storage buffers plus an index; small to pickle but the bytes.
 
-    ``buffers`` starts and ends with a one-page pad; ``buffers[1:-1]`` hold the storages.
+    When ``guard_bytes`` is not zero, ``buffers`` starts and ends with a zero-filled guard
+    of that size (added when the table is stored, see :mod:`ray_zerocopy_core.memory`);
+    :attr:`storages` are the buffers between them. ``weight_bytes`` counts the tensors'
+    bytes (shared storage once), without the alignment and packing slack.
     """
 
     entries: tuple[TensorEntry, ...]
     buffers: tuple[np.ndarray, ...]
+    guard_bytes: int = 0
+    weight_bytes: int = 0
 
     @property
     def storages(self) -> tuple[np.ndarray, ...]:
-        """The storage buffers, without the framing pads."""
-        return self.buffers[1:-1]
+        """The storage buffers, without the guards."""
+        return self.buffers[1:-1] if self.guard_bytes else self.buffers
 
     @property
     def nbytes(self) -> int:
         """Bytes of weights this table stores (shared storage counted once)."""
-        return sum(int(buf.nbytes) for buf in self.storages)
+        return self.weight_bytes
 
 
 def check_shareable(tensor: torch.Tensor, where: str) -> None:
@@ -111,14 +122,15 @@ def _storage_bytes(tensor: torch.Tensor, start: int, end: int) -> np.ndarray:
     return raw.numpy()
 
 
-def _pad() -> np.ndarray:
-    return np.zeros(PAGE_SIZE, dtype=np.uint8)
+def _aligned(offset: int) -> int:
+    return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
 def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
-    """Index ``tensors`` (name, tensor) and collect their bytes without copying CPU memory.
+    """Index ``tensors`` (name, tensor) and collect their bytes, copying only small storages.
 
-    Tensors that share a storage share one buffer, holding the span they use.
+    Tensors that share a storage share one buffer, holding the span they use (widened
+    to a 64-byte boundary). Storages under :data:`SMALL_STORAGE_BYTES` go into one pack.
     """
     keyed: dict[tuple[str, int], list[int]] = {}
     for position, (name, tensor) in enumerate(tensors):
@@ -127,27 +139,49 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
         key = (str(tensor.device), storage.data_ptr() if storage.nbytes() else -1 - position)
         keyed.setdefault(key, []).append(position)
 
-    entries: list[TensorEntry | None] = [None] * len(tensors)
-    buffers: list[np.ndarray] = [_pad()]
+    # (first tensor, span start, span end, positions) per storage; small ones are packed.
+    spans: list[tuple[torch.Tensor, int, int, list[int]]] = []
+    weight_bytes = 0
     for positions in keyed.values():
         extents = [_byte_extent(tensors[p][1]) for p in positions]
-        span_start = min(start for start, _ in extents)
-        span_end = max(end for _, end in extents)
-        storage_index = len(buffers) - 1
-        buffers.append(_storage_bytes(tensors[positions[0]][1], span_start, span_end))
-        for position, (start, _) in zip(positions, extents):
-            tensor = tensors[position][1]
-            entries[position] = TensorEntry(
+        used_start, span_end = min(start for start, _ in extents), max(end for _, end in extents)
+        weight_bytes += span_end - used_start
+        span_start = used_start - used_start % ALIGNMENT
+        spans.append((tensors[positions[0]][1], span_start, span_end, positions))
+    small = [span for span in spans if span[2] - span[1] < SMALL_STORAGE_BYTES]
+    large = [span for span in spans if span[2] - span[1] >= SMALL_STORAGE_BYTES]
+
+    buffers: list[np.ndarray] = []
+    placed: dict[int, tuple[int, int]] = {}  # tensor position -> (buffer index, byte offset of its span)
+    if small:
+        offsets, size = [], 0
+        for _, span_start, span_end, _ in small:
+            offsets.append(size)
+            size = _aligned(size + span_end - span_start)
+        pack = np.zeros(max(size, SMALL_STORAGE_BYTES), dtype=np.uint8)
+        for offset, (tensor, span_start, span_end, positions) in zip(offsets, small):
+            pack[offset : offset + span_end - span_start] = _storage_bytes(tensor, span_start, span_end)
+            placed.update((p, (0, offset - span_start)) for p in positions)
+        buffers.append(pack)
+    for tensor, span_start, span_end, positions in large:
+        placed.update((p, (len(buffers), -span_start)) for p in positions)
+        buffers.append(_storage_bytes(tensor, span_start, span_end))
+
+    entries = []
+    for position, (_, tensor) in enumerate(tensors):
+        storage_index, shift = placed[position]
+        entries.append(
+            TensorEntry(
                 storage=storage_index,
-                byte_offset=start - span_start,
+                byte_offset=_byte_extent(tensor)[0] + shift,
                 dtype=tensor.dtype,
                 shape=tuple(tensor.shape),
                 stride=tuple(tensor.stride()),
                 is_parameter=isinstance(tensor, torch.nn.Parameter),
                 requires_grad=tensor.requires_grad,
             )
-    buffers.append(_pad())
-    return TensorTable(tuple(e for e in entries if e is not None), tuple(buffers))
+        )
+    return TensorTable(tuple(entries), tuple(buffers), weight_bytes=weight_bytes)
 
 
 def rebuild_tensors(table: TensorTable, bases: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
@@ -155,17 +189,22 @@ def rebuild_tensors(table: TensorTable, bases: Sequence[tuple[torch.Tensor, int]
 
     ``bases[i]`` is a uint8 tensor holding storage ``i`` and the byte offset of the
     storage inside it.
+
+    Raises:
+        ZeroCopyError: a tensor's bytes are not aligned to its element size, which the
+            layout rules out; the stored object was laid out by something else.
     """
     tensors: list[torch.Tensor] = []
     for entry in table.entries:
         base, storage_offset = bases[entry.storage]
-        itemsize = entry.dtype.itemsize
         start = base.storage_offset() + storage_offset + entry.byte_offset
-        if start % itemsize == 0:
-            view = torch.empty(0, dtype=entry.dtype, device=base.device)
-            tensors.append(view.set_(base.untyped_storage(), start // itemsize, entry.shape, entry.stride))
-        else:  # a tensor not aligned to its own element size inside the storage
-            raw = base[storage_offset + entry.byte_offset :]
-            flat = raw[: raw.numel() // itemsize * itemsize].view(entry.dtype)
-            tensors.append(flat.as_strided(entry.shape, entry.stride))
+        if start % entry.dtype.itemsize:
+            raise ZeroCopyError(
+                f"A stored {entry.dtype} tensor starts at a byte offset that is not a multiple of its "
+                f"element size ({entry.dtype.itemsize}). Stored tables align every storage to {ALIGNMENT} "
+                "bytes, so this object was not written by this version of ray-zerocopy: wrap the model "
+                "again with the installed version (and please report it if it was)."
+            )
+        view = torch.empty(0, dtype=entry.dtype, device=base.device)
+        tensors.append(view.set_(base.untyped_storage(), start // entry.dtype.itemsize, entry.shape, entry.stride))
     return tensors

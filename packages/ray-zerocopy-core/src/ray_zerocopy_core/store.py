@@ -13,6 +13,7 @@ import ray
 
 from ray_zerocopy_core.backend import LoadOptions, ModelPayload
 from ray_zerocopy_core.errors import ObjectStoreCapacityError, WeightsUnavailableError
+from ray_zerocopy_core.memory import guard_table
 from ray_zerocopy_core.registry import get_backend
 
 _GIB = 1024**3
@@ -45,9 +46,10 @@ def put_payload(payload: ModelPayload, what: str = "model", owner: Any = None) -
             "store (ray.init(object_store_memory=...) or `ray start --object-store-memory`), "
             "or shrink the model (e.g. bfloat16 weights)."
         )
+    stored = ModelPayload(payload.backend, payload.skeleton, guard_table(payload.table), payload.backend_locator)
     if owner is not None:
-        return ray.put(payload, _owner=owner)
-    return ray.put(payload)
+        return ray.put(stored, _owner=owner)
+    return ray.put(stored)
 
 
 def fetch_payload(ref_or_payload: Any) -> ModelPayload:

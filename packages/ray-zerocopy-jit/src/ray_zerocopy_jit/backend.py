@@ -29,7 +29,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, UnsupportedModelError, build_table, finish_model, materialize
+from ray_zerocopy_core.plugin import (
+    LoadOptions,
+    ModelPayload,
+    UnsupportedModelError,
+    build_table,
+    finish_model,
+    materialize,
+)
 
 logger = logging.getLogger(__name__)
 

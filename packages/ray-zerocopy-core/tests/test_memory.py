@@ -1,0 +1,229 @@
+"""Mapping, write protection and the fault explainer, on tables laid out in shared memory as Ray does (no Ray)."""
+
+from __future__ import annotations
+
+import gc
+import mmap
+import subprocess
+import sys
+import tempfile
+import textwrap
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ray_zerocopy_core import memory
+from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.representation import TensorTable, build_table
+
+pytestmark = pytest.mark.skipif(not memory.protection_supported(), reason="needs Linux mprotect")
+HERE = Path(__file__).parent
+
+
+def stored_in_shared_memory(table: TensorTable, first_offset: int = 64) -> TensorTable:
+    """``table`` guarded and copied into a /dev/shm mapping with Ray's buffer alignment (64 B, 8 B under 2 KiB)."""
+    guarded = memory.guard_table(table)
+    total = sum(int(b.nbytes) + 64 for b in guarded.buffers) + first_offset + mmap.PAGESIZE
+    with tempfile.TemporaryFile(dir="/dev/shm") as backing:
+        backing.truncate(total)
+        mapping = mmap.mmap(backing.fileno(), total)
+    memory_view = np.frombuffer(mapping, dtype=np.uint8)
+    offset, buffers = first_offset, []
+    for buffer in guarded.buffers:
+        alignment = 64 if buffer.nbytes >= 2048 else 8
+        offset = -(-offset // alignment) * alignment
+        view = memory_view[offset : offset + buffer.nbytes]
+        view[:] = buffer
+        buffers.append(view)
+        offset += int(buffer.nbytes)
+    return replace(guarded, buffers=tuple(buffers))
+
+
+def weights_table(nbytes: int) -> TensorTable:
+    return build_table([("weight", torch.arange(nbytes // 4, dtype=torch.float32))])
+
+
+def writable(address: int) -> bool:
+    """Whether this process may write the page at ``address`` (from /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, perms = line.split()[:2]
+            low, high = (int(x, 16) for x in span.split("-"))
+            if low <= address < high:
+                return perms[1] == "w"
+    raise AssertionError(f"{address:#x} is not mapped")
+
+
+def test_every_weight_byte_is_on_a_read_only_page_of_its_own_object() -> None:
+    table = stored_in_shared_memory(weights_table(300_000))
+    (weight,) = materialize(table, LoadOptions())
+    ((start, end),) = memory.protected_ranges()
+    first, last = weight.data_ptr(), weight.data_ptr() + weight.nbytes
+    assert start <= first and last <= end
+    assert table.buffers[0].ctypes.data <= start and end <= table.buffers[-1].ctypes.data + memory.GUARD_BYTES
+    assert not writable(first) and not writable(last - 1)
+    del weight
+    gc.collect()
+    assert memory.protected_ranges() == []
+
+
+def test_two_loads_of_one_object_keep_it_read_only_until_both_are_gone() -> None:
+    table = stored_in_shared_memory(weights_table(200_000))
+    (first,) = materialize(table, LoadOptions())
+    (second,) = materialize(table, LoadOptions(prefault=True, use_fast_load=True))
+    address = second.data_ptr()
+    del first
+    gc.collect()
+    assert not writable(address), "dropping one load made the other's weights writable"
+    assert len(memory.protected_ranges()) == 1
+    del second
+    gc.collect()
+    assert writable(address) and memory.protected_ranges() == []
+
+
+def test_a_private_copy_neither_protects_nor_counts() -> None:
+    table = stored_in_shared_memory(weights_table(100_000))
+    (shared,) = materialize(table, LoadOptions())
+    (private,) = materialize(table, LoadOptions(writable=True))
+    private.add_(1)  # a private copy takes writes
+    assert torch.equal(private - 1, shared)
+    address = shared.data_ptr()
+    del shared
+    gc.collect()
+    assert writable(address) and memory.protected_ranges() == []
+
+
+def test_tables_that_never_left_the_process_are_not_protected() -> None:
+    table = memory.guard_table(weights_table(100_000))  # guarded, consecutive or not, but on the heap
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        (weight,) = materialize(table, LoadOptions())
+    assert memory.protected_ranges() == []
+    assert memory.map_stored_table(table, protect=True) is None
+    del weight
+
+
+def test_a_page_size_larger_than_the_guards_loads_unprotected_and_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "PAGE_SIZE", 2 * memory.GUARD_BYTES)
+    monkeypatch.setattr(memory, "_warned_unprotected", False)
+    table = stored_in_shared_memory(weights_table(100_000))
+    with pytest.warns(RuntimeWarning, match="NOT write-protected.*page size"):
+        (weight,) = materialize(table, LoadOptions())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (again,) = materialize(table, LoadOptions())  # once per process
+    assert torch.equal(weight, again) and memory.protected_ranges() == []
+
+
+def test_a_failing_mprotect_loads_unprotected_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_mprotect", lambda start, length, prot: 1)  # EPERM
+    monkeypatch.setattr(memory, "_warned_unprotected", False)
+    table = stored_in_shared_memory(weights_table(100_000))
+    with pytest.warns(RuntimeWarning, match="NOT write-protected.*mprotect failed: Operation not permitted"):
+        (weight,) = materialize(table, LoadOptions())
+    assert torch.equal(weight, torch.arange(25_000, dtype=torch.float32))
+
+
+def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter next to this file; fail (not hang) past ``timeout``."""
+    script = "from test_memory import *\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=HERE)
+
+
+def assert_explained_segfault(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == -11, result.stderr  # SIGSEGV
+    assert "protected" in result.stdout and "not reached" not in result.stdout
+    assert result.stderr.count("read-only") == 1 and "load(writable=True)" in result.stderr, result.stderr
+
+
+def test_a_write_stops_the_process_and_names_the_fix() -> None:
+    result = run_script(
+        """
+        table = stored_in_shared_memory(weights_table(64 * 1024))
+        (weight,) = materialize(table, LoadOptions())
+        print("protected", flush=True)
+        weight.add_(1.0)
+        print("not reached", flush=True)
+        """
+    )
+    assert_explained_segfault(result)
+
+
+def test_a_write_from_torch_worker_threads_ends_the_process_with_the_message() -> None:
+    result = run_script(
+        """
+        torch.set_num_threads(4)
+        table = stored_in_shared_memory(weights_table(256 * 1024**2))
+        (weight,) = materialize(table, LoadOptions())
+        print("protected", flush=True)
+        weight.mul_(2.0)
+        print("not reached", flush=True)
+        """
+    )
+    assert_explained_segfault(result)
+
+
+def test_a_write_from_a_thread_without_the_gil_cannot_hang_the_explainer() -> None:
+    # The writer runs in C without the GIL (memset through writable shared memory into
+    # the protected pages) while the main thread holds the GIL in a 60 s sleep (PyDLL
+    # calls keep it): a handler that needed Python would wait for the GIL until then.
+    result = run_script(
+        """
+        import ctypes, threading, time
+        lead = 256 * 1024**2
+        table = stored_in_shared_memory(weights_table(1024**2), first_offset=lead)
+        (weight,) = materialize(table, LoadOptions())
+        start = table.buffers[0].ctypes.data - lead
+        writer = threading.Thread(target=ctypes.memset, args=(start, 1, weight.data_ptr() + 64 - start))
+        writer.start()
+        time.sleep(0.01)
+        print("protected", flush=True)
+        ctypes.PyDLL("libc.so.6").usleep(60_000_000)
+        print("not reached", flush=True)
+        """,
+        timeout=30,
+    )
+    assert_explained_segfault(result)
+
+
+@pytest.mark.parametrize("with_faulthandler", [False, True])
+def test_other_segfaults_end_as_before(with_faulthandler: bool) -> None:
+    result = run_script(
+        f"""
+        import ctypes, faulthandler, threading
+        if {with_faulthandler}:
+            faulthandler.enable()
+        table = stored_in_shared_memory(weights_table(64 * 1024))
+        loads = [threading.Thread(target=materialize, args=(table, LoadOptions())) for _ in range(8)]
+        [t.start() for t in loads]; [t.join() for t in loads]
+        print("protected", flush=True)
+        ctypes.string_at(16)  # a crash unrelated to the weights
+        print("not reached", flush=True)
+        """
+    )
+    assert result.returncode == -11 and "not reached" not in result.stdout, result.stderr
+    assert "read-only" not in result.stderr
+    assert ("Fatal Python error: Segmentation fault" in result.stderr) == with_faulthandler
+
+
+def test_a_segv_sent_by_kill_is_not_swallowed() -> None:
+    result = run_script(
+        """
+        import os, signal, threading
+        table = stored_in_shared_memory(weights_table(64 * 1024))
+        loads = [threading.Thread(target=materialize, args=(table, LoadOptions())) for _ in range(8)]
+        [t.start() for t in loads]; [t.join() for t in loads]
+        assert fault_explainer.install() is None
+        print("protected", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+        import time; time.sleep(5)
+        print("not reached", flush=True)
+        """
+    )
+    assert result.returncode == -11 and "not reached" not in result.stdout, result.stderr
+    assert "read-only" not in result.stderr
