@@ -8,16 +8,19 @@ model. It is small to pickle: weights never travel with it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from types import CodeType, FunctionType
 from typing import Any
 
 import ray
+import torch
 from ray import cloudpickle
 
 from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.errors import BackendNotInstalledError, PipelineError, WrapperReleasedError
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
+from ray_zerocopy_core.skeleton import split_tensors
 from ray_zerocopy_core.store import put_payload, rebuild_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
@@ -37,22 +40,92 @@ def find_model_attrs(pipeline: Any) -> list[str]:
     return [name for name, value in attributes.items() if find_backend(value) is not None]
 
 
-def _check_picklable(skeleton: Any) -> None:
+#: Tensor bytes a pipeline skeleton may carry by value (small constants are fine); more
+#: means a model travels to every worker as a private copy, which is refused.
+SKELETON_TENSOR_LIMIT = 64 * 1024
+
+
+def _holds_tensors(value: Any) -> bool:
+    """Whether pickling ``value`` would carry tensor data (or cannot be done at all)."""
+    if isinstance(value, (torch.Tensor, torch.nn.Module)):
+        return True
     try:
-        cloudpickle.dumps(skeleton)
+        return bool(split_tensors(value)[1])
+    except Exception:
+        return True
+
+
+def _by_value_functions(cls: type) -> Iterator[tuple[str, FunctionType]]:
+    """``(qualname, function)`` of the methods cloudpickle sends by value (classes of ``__main__``)."""
+    for klass in cls.__mro__:
+        if klass.__module__ != "__main__":
+            continue
+        for member in vars(klass).values():
+            for function in (member, getattr(member, "__func__", None), getattr(member, "fget", None)):
+                if isinstance(function, FunctionType):
+                    yield function.__qualname__, function
+
+
+def _code_names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            names |= _code_names(constant)
+    return names
+
+
+def skeleton_culprits(skeleton: Any, suspect: Callable[[Any], bool]) -> list[str]:
+    """Where the skeleton reaches values that ``suspect`` flags: attributes, captured globals and closures."""
+    found = [f"attribute {name!r}" for name, value in vars(skeleton).items() if suspect(value)]
+    for qualname, function in _by_value_functions(type(skeleton)):
+        for name in sorted(_code_names(function.__code__) & set(function.__globals__)):
+            if suspect(function.__globals__[name]):
+                found.append(f"global {name!r} (used by {qualname})")
+        for name, cell in zip(function.__code__.co_freevars, function.__closure__ or ()):
+            if name != "__class__" and suspect(cell.cell_contents):
+                found.append(f"closure variable {name!r} (used by {qualname})")
+    return list(dict.fromkeys(found))
+
+
+def check_skeleton(skeleton: Any) -> None:
+    """Refuse a skeleton that cannot be pickled or would carry weights to every worker by value.
+
+    A pipeline class defined in a script's ``__main__`` is pickled by value, together
+    with the globals and closure variables its methods use: a model reached that way
+    would travel (and be copied) to every worker. The error names the culprit.
+    """
+    kind = type(skeleton).__qualname__
+    try:
+        _, tensors = split_tensors(skeleton)
     except Exception as exc:
-        culprits = []
-        for name, value in getattr(skeleton, "__dict__", {}).items():
-            try:
-                cloudpickle.dumps(value)
-            except Exception:
-                culprits.append(name)
-        where = f" (attribute(s) {', '.join(map(repr, culprits))})" if culprits else ""
+        culprits = skeleton_culprits(skeleton, lambda value: not _picklable(value))
+        where = f" ({', '.join(culprits)})" if culprits else ""
         raise PipelineError(
-            f"The pipeline {type(skeleton).__qualname__} cannot be pickled{where}: {exc}. "
-            "Workers receive the pipeline without its models, so its other attributes must "
-            "be picklable; create unpicklable resources lazily inside the worker instead."
+            f"The pipeline {kind} cannot be pickled{where}: {exc}. Workers receive the pipeline "
+            "without its models, so everything else it holds or its methods use must be picklable: "
+            "give models to the pipeline as attributes (self.model = model), and create other "
+            "unpicklable resources lazily inside the worker."
         ) from exc
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}
+    carried = sum(size for _, size in storages)
+    if carried > SKELETON_TENSOR_LIMIT:
+        culprits = skeleton_culprits(skeleton, _holds_tensors)
+        where = ", ".join(culprits) or "somewhere in its state"
+        raise PipelineError(
+            f"The pipeline {kind} would carry {carried / 1024**2:.1f} MiB of tensors to every worker "
+            f"by value, outside the shared models: {where}. A model a method reaches through a "
+            "global or closure variable is pickled with the pipeline, and every worker gets a "
+            "private copy. Pass the model to the pipeline instead (as a constructor argument, "
+            "stored as an attribute: self.model = model), so it is shared zero-copy."
+        )
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _check_methods(models: dict[str, Any], method_names: Iterable[str]) -> None:
@@ -128,7 +201,7 @@ class SharedPipeline:
         skeleton = copy.copy(obj)
         for name in names:
             setattr(skeleton, name, None)
-        _check_picklable(skeleton)
+        check_skeleton(skeleton)
         return cls._share_models(skeleton, models, owner)
 
     @classmethod

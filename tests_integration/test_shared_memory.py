@@ -1,0 +1,246 @@
+"""Shared memory per process on a real local Ray: every way one process can hold a stored model twice.
+
+The pages of a stored model stay read-only in a process until the last tensor over
+them is gone, whichever loads made those tensors; a write through any of them ends the
+writer only. Also: writes from torch's worker threads, storages of every element size,
+and pipelines that would carry a model by value.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from torch import nn
+
+from ray_zerocopy import ActorWrapper, TaskWrapper
+from ray_zerocopy_core.errors import PipelineError
+from ray_zerocopy_core.inspection import aliases_object_store
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
+
+
+def first_weight(model: nn.Module) -> torch.Tensor:
+    return next(iter(model.parameters()))
+
+
+@ray.remote(num_cpus=0.1, max_restarts=0)
+class TwoLoads:
+    """Loads one wrapper twice (a reload, another option set), as an actor might."""
+
+    def __init__(self, wrapper: ActorWrapper, second_options: dict[str, Any]) -> None:
+        self.first = wrapper.load()
+        self.second = wrapper.load(**second_options)
+
+    def drop_first(self) -> bool:
+        del self.first
+        gc.collect()
+        return aliases_object_store(first_weight(self.second))
+
+    def write_through_second(self) -> str:
+        with torch.no_grad():
+            first_weight(self.second).add_(1)
+        return "wrote"
+
+
+@ray.remote(num_cpus=0.1)
+class Reader:
+    def __init__(self, wrapper: ActorWrapper) -> None:
+        self.model = wrapper.load()
+
+    def weight(self) -> torch.Tensor:
+        return first_weight(self.model).clone()
+
+
+@pytest.mark.parametrize("second_options", [{}, {"prefault": True}, {"use_fast_load": True}])
+def test_dropping_one_of_two_loads_keeps_the_other_read_only(second_options: dict[str, Any]) -> None:
+    model = small_model()
+    original = first_weight(model).detach().clone()
+    wrapper = ActorWrapper(model)
+    holder, reader = TwoLoads.remote(wrapper, second_options), Reader.remote(wrapper)
+    assert ray.get(holder.drop_first.remote())
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(holder.write_through_second.remote(), timeout=60)
+    assert torch.equal(ray.get(reader.weight.remote()), original)
+    assert torch.equal(ray.get(Reader.remote(wrapper).weight.remote()), original)
+    ray.kill(reader)
+
+
+class Corruptible(nn.Module):
+    """A model with a method that writes its own weights, callable in task mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def corrupt(self) -> str:
+        with torch.no_grad():
+            self.linear.weight.add_(1)
+        return "wrote"
+
+
+def test_a_task_worker_cache_that_evicts_one_of_two_option_sets_keeps_the_weights_read_only() -> None:
+    model = Corruptible().eval()
+    x = torch.randn(2, 32)
+    expected = model(x)
+    one_slot = {
+        "runtime_env": {"env_vars": {"RAY_ZEROCOPY_TASK_CACHE_SIZE": "1"}},
+        "max_retries": 0,
+        "num_cpus": 0.1,
+    }
+    wrapper = TaskWrapper(model, method_names=["__call__", "corrupt"], task_options=one_slot)
+    plain, prefaulted = wrapper.load(), wrapper.load(prefault=True)
+    # Both option sets on the same worker; each call evicts the other's cached model.
+    for _ in range(3):
+        assert torch.equal(plain(x), expected) and torch.equal(prefaulted(x), expected)
+    with pytest.raises((ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError)):
+        prefaulted.corrupt()
+    assert torch.equal(plain(x), expected)
+    assert torch.equal(ActorWrapper(model).load()(x), expected)
+
+
+@ray.remote(num_cpus=2, max_restarts=0)
+class ThreadedWriter:
+    def __init__(self, wrapper: ActorWrapper) -> None:
+        torch.set_num_threads(4)
+        self.model = wrapper.load()
+
+    def write(self) -> str:
+        with torch.no_grad():
+            self.model.weight.mul_(2)  # 256 MiB: split across torch's intra-op threads
+        return "wrote"
+
+
+def test_a_write_from_torch_worker_threads_ends_the_writer_within_seconds() -> None:
+    model = nn.Linear(8192, 8192, bias=False)  # 256 MiB
+    original_row = model.weight[0].detach().clone()
+    wrapper = ActorWrapper(model)
+    writer = ThreadedWriter.remote(wrapper)
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(writer.write.remote(), timeout=60)  # a hang would raise GetTimeoutError
+    assert torch.equal(wrapper.load().weight[0], original_row)
+
+
+class OddSizes(nn.Module):
+    """Buffers whose sizes leave a 16-byte dtype misaligned unless the layout aligns it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("flags", torch.tensor([1, 2, 3], dtype=torch.int8))
+        self.register_buffer("small", torch.arange(5.0).to(torch.complex128))
+        self.register_buffer("other", torch.arange(9.0).to(torch.complex128) * 1j)
+        self.register_buffer("halves", torch.arange(7.0).to(torch.bfloat16))
+
+    def forward(self) -> torch.Tensor:
+        return self.small.sum() + self.other.sum() + self.flags.sum() + self.halves.float().sum()
+
+
+@ray.remote(num_cpus=0.1)
+def buffers_in_a_worker(wrapper: ActorWrapper) -> dict[str, torch.Tensor]:
+    model = wrapper.load()
+    assert all(aliases_object_store(t) for t in model.buffers())
+    return {name: t.clone() for name, t in model.named_buffers()}
+
+
+def test_small_buffers_of_every_element_size_load_aligned() -> None:
+    model = OddSizes()
+    loaded = ray.get(buffers_in_a_worker.remote(ActorWrapper(model)))
+    for name, tensor in model.named_buffers():
+        assert torch.equal(loaded[name], tensor), name
+
+
+CAPTURING_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import ray, torch
+    from torch import nn
+    from ray_zerocopy import ActorWrapper
+    from ray_zerocopy_core.errors import PipelineError
+
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+    model = {model}
+    scale = 2.0
+
+    class Pipeline:
+        def __init__(self):
+            self.model = model
+            self.scale = scale
+
+        def __call__(self, x):
+            return model(x) * self.scale  # reaches the model through the global
+
+    def make_closure_pipeline():
+        captured = model
+
+        class Closure:
+            def __init__(self):
+                self.model = captured
+
+            def __call__(self, x):
+                return captured(x)
+
+        return Closure()
+
+    for make in (Pipeline, make_closure_pipeline):
+        try:
+            ActorWrapper(make())
+            print("WRAPPED")
+        except PipelineError as exc:
+            print("REFUSED:", exc)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["eager", "torchscript"])
+def test_a_model_captured_by_a_global_or_closure_is_named(tmp_path: Path, kind: str) -> None:
+    model = "nn.Linear(2048, 2048)"  # 16 MiB
+    if kind == "torchscript":
+        model = f"torch.jit.script({model})"
+    script = tmp_path / "capture.py"
+    script.write_text(CAPTURING_SCRIPT.format(model=model))
+    done = subprocess.run(
+        [sys.executable, str(script), ray.get_runtime_context().gcs_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    refusals = [line for line in done.stdout.splitlines() if line.startswith("REFUSED")]
+    assert len(refusals) == 2, done.stdout + done.stderr[-3000:]
+    assert "global 'model' (used by Pipeline.__call__)" in refusals[0]
+    assert "closure variable 'captured'" in refusals[1]
+    assert all("self.model = model" in line for line in refusals)
+
+
+def test_small_constants_in_a_pipeline_are_fine() -> None:
+    class WithConstants:
+        def __init__(self) -> None:
+            self.model = small_model()
+            self.mean = torch.zeros(64)
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x - self.mean)
+
+    x = torch.randn(2, 64)
+    pipeline = WithConstants()
+    assert torch.equal(ActorWrapper(pipeline).load()(x), pipeline(x))
+    with pytest.raises(PipelineError, match="attribute 'lookup'"):
+        big = WithConstants()
+        big.lookup = torch.zeros(1024, 1024)  # type: ignore[attr-defined]
+        ActorWrapper(big)
