@@ -122,7 +122,7 @@ def test_nested_tensors_are_refused() -> None:
 def test_unpicklable_pipeline_attribute(kind: str, tmp_path: Any) -> None:
     resource = threading.Lock() if kind == "lock" else open(tmp_path / "log.txt", "w")  # noqa: SIM115
     try:
-        with pytest.raises(PipelineError, match=r"attribute\(s\) 'resource'.*create unpicklable resources lazily"):
+        with pytest.raises(PipelineError, match=r"attribute 'resource'.*unpicklable resources lazily"):
             ActorWrapper(Pipeline(resource=resource))
     finally:
         if kind != "lock":
