@@ -197,11 +197,11 @@ def test_one_copy_after_publish_and_the_holder_keeps_no_private_copy(cleanup: li
     used = wait_for_store(lambda used: used <= baseline + 1.2 * info.nbytes)
     assert baseline + info.nbytes <= used <= baseline + 1.2 * info.nbytes  # the caller's copy is gone
 
-    publish("built-in-holder", lambda: make_model(1))
-    small = holder_private_memory("built-in-holder")
-    big = publish("built-in-holder", lambda: make_model(128, seed=3))  # republish: same holder process
-    assert big.version == 2 and big.built_by == "loader"
-    assert holder_private_memory("built-in-holder") - small < 0.25 * big.nbytes
+    publish("built-in-holder", lambda: make_model(1), holder="builder")
+    small = holder_private_memory("builder")
+    big = publish("built-in-holder", lambda: make_model(128, seed=3))  # republish: stays in its holder
+    assert (big.version, big.built_by, big.holder) == (2, "loader", "builder")
+    assert holder_private_memory("builder") - small < 0.25 * big.nbytes
     used = wait_for_store(lambda used: used <= baseline + 1.2 * (info.nbytes + big.nbytes))
     assert used <= baseline + 1.2 * (info.nbytes + big.nbytes)
 
@@ -221,19 +221,19 @@ def test_get_or_publish_from_eight_actors_runs_the_loader_once(tmp_path: Path, c
     [info] = [m for m in list_published() if m.name == "crowd"]
     assert info.version == 1 and info.built_by == "loader"
     assert store_bytes_used() <= baseline + 1.2 * info.nbytes  # one copy for eight users
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
-    assert names.count("crowd") == 1
     for user in users:
         ray.kill(user)
 
 
 def test_killed_holder_is_a_clear_error_and_get_or_publish_recovers(tmp_path: Path, cleanup: list[str]) -> None:
-    cleanup.append("fragile")
+    cleanup.extend(["fragile", "bystander"])
     log = tmp_path / "loader_runs.txt"
     loader = CountingLoader(str(log), mib=4, seed=7)
+    publish("fragile", loader, holder="fragile-holder")
+    publish("bystander", make_model(1))  # in the default holder: not affected
     user = User.remote()
-    assert ray.get(user.get_or_publish.remote("fragile", loader))
-    ray.kill(ray.get_actor("fragile", namespace=NAMESPACE), no_restart=True)
+    assert ray.get(user.load.remote("fragile"))
+    ray.kill(ray.get_actor("holder:fragile-holder", namespace=NAMESPACE), no_restart=True)
 
     with pytest.raises(ModelNotPublishedError) as caught:
         for _ in range(50):  # the kill is asynchronous: wait until the holder is gone
@@ -246,9 +246,13 @@ def test_killed_holder_is_a_clear_error_and_get_or_publish_recovers(tmp_path: Pa
 
     expected = expected_output(4, seed=7)
     assert torch.equal(ray.get(user.predict.remote(INPUT)), expected)  # loaded before: keeps working
+    assert torch.equal(load_published("bystander")(INPUT), expected_output(1))
+    assert [m.name for m in list_published()] == ["bystander"]
 
-    model = get_or_publish("fragile", loader)  # recreates the holder, runs the loader again
+    model = get_or_publish("fragile", loader)  # recreates its holder, runs the loader again
     assert runs(log) == 2
+    [info] = [m for m in list_published() if m.name == "fragile"]
+    assert (info.holder, info.version) == ("fragile-holder", 2)
     assert torch.equal(model(INPUT), expected)
     assert all(ray_zerocopy.aliases_object_store(p) for p in model.parameters())
     ray.kill(user)
@@ -282,6 +286,15 @@ def test_unpublish_frees_the_store_once_loaders_drop_it(cleanup: list[str]) -> N
     used = wait_for_store(lambda used: used < baseline + info.nbytes / 4)
     assert used < baseline + info.nbytes / 4
     ray.kill(user)
+
+    deadline = time.monotonic() + 30  # the default holder stored nothing else: it is stopped
+    while holder_actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert holder_actors() == []
+
+
+def holder_actors() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
 
 
 def test_republish_replaces_while_old_loads_keep_the_old_version(cleanup: list[str]) -> None:

@@ -18,14 +18,20 @@ Example::
     # or, in each replica: the first caller builds it (once), the others load it
     model = get_or_publish("classifier", lambda: torch.load("classifier.pt", weights_only=False))
 
-How it works: one detached actor per name (``num_cpus=0``, in the Ray namespace
-:data:`NAMESPACE`, whatever the caller's namespace) owns the stored Ray object(s) of the
-model. Given a model, the caller stores it and the holder copies each stored object
-into one it owns (shared memory to shared memory; Ray 2.56+ cannot transfer ownership),
-then the caller's object is freed; given a loader, the holder builds the model, stores
-it and drops its own tensors. Either way the node then holds one copy. The holder also keeps a small
-record in Ray's GCS key-value store, so that a load can tell a name that was never
-published from one whose holder died.
+How it works. A *holder* is a detached actor (``num_cpus=0``, in the Ray namespace
+:data:`NAMESPACE`, whatever the caller's namespace) that owns the stored Ray objects of
+the models published to it. By default every name goes to one shared holder
+(:data:`DEFAULT_HOLDER`), so a node pays for one extra process however many models it
+publishes; ``holder="..."`` puts a model in a holder of its own, which then lives and
+dies independently. Given a model, the caller stores it and the holder copies each
+stored object into one it owns (shared memory to shared memory: Ray 2.56 and later
+cannot hand an object's ownership to another process), then the caller's object is
+freed. Given a loader, the holder builds the model, stores it and drops its own
+tensors. Either way the node then holds one copy.
+
+Each name also has a small record in Ray's GCS key-value store (its holder, version,
+size and backends), so that a load can tell a name that was never published from one
+whose holder died.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import ctypes
 import gc
 import inspect
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,19 +51,24 @@ import ray
 import torch
 from ray import cloudpickle
 
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.errors import ModelNotPublishedError, WeightsUnavailableError
 from ray_zerocopy_core.inspection import private_memory_bytes
 from ray_zerocopy_core.modes.actor import load_pipeline
 from ray_zerocopy_core.pipeline import SharedPipeline, find_model_attrs
+from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.registry import backend_for, find_backend
 
 #: The Ray namespace of the holder actors: names are cluster-wide, whatever namespace
 #: the calling job runs in.
 NAMESPACE = "ray_zerocopy_named"
 
+#: The holder that models go to unless ``holder=`` names another.
+DEFAULT_HOLDER = "default"
+
 _KV_NAMESPACE = "ray_zerocopy_named"
-_RELEASE_TIMEOUT_S = 60.0
+_CALL_TIMEOUT_S = 60.0
+_CLOSING = "__ray_zerocopy_holder_closing__"
+_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,11 +77,11 @@ class PublishedModel:
 
     Attributes:
         name: the cluster-wide name.
-        version: 1 for the first publish of the name, one more on every republish
-            (restarts at 1 if the holder had died).
+        version: 1 for the first publish of the name, one more on every republish.
         nbytes: weight bytes in the object store, all models of the pipeline together.
         backends: pipeline attribute to the backend that stored it (``{"": "nn"}`` for
             a bare eager model).
+        holder: the holder actor that owns it (``"default"`` unless chosen).
         built_by: ``"caller"`` (a model was given) or ``"loader"`` (the holder built it).
         published_at: when this version was stored (seconds since the epoch).
     """
@@ -78,6 +90,7 @@ class PublishedModel:
     version: int
     nbytes: int
     backends: dict[str, str] = field(default_factory=dict)
+    holder: str = DEFAULT_HOLDER
     built_by: str = "caller"
     published_at: float = 0.0
 
@@ -88,7 +101,7 @@ class PublishedModel:
 
 @dataclass
 class _Record:
-    """What the holder keeps and hands to loaders: the pipeline without weights, the refs."""
+    """What a holder keeps per name and hands to loaders: the pipeline skeleton, the refs."""
 
     skeleton: bytes
     refs: dict[str, ray.ObjectRef]
@@ -104,11 +117,14 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _kv_put(name: str, info: PublishedModel) -> None:
+# --- the name records in the GCS key-value store ---------------------------------------
+
+
+def _kv_put(info: PublishedModel) -> None:
     from ray.experimental import internal_kv
 
-    value = json.dumps({"version": info.version, "nbytes": info.nbytes, "backends": info.backends})
-    internal_kv._internal_kv_put(name, value, overwrite=True, namespace=_KV_NAMESPACE)
+    value = json.dumps({"holder": info.holder, "version": info.version})
+    internal_kv._internal_kv_put(info.name, value, overwrite=True, namespace=_KV_NAMESPACE)
 
 
 def _kv_get(name: str) -> dict[str, Any] | None:
@@ -138,19 +154,44 @@ def _backend_names(obj: Any, model_attr_names: Iterable[str] | None) -> dict[str
     return {attr: backend_for(getattr(obj, attr)).name for attr in names}
 
 
-class _ModelHolder:
-    """The detached actor that owns one name's stored model (methods run one at a time)."""
+# --- the holder actor --------------------------------------------------------------------
 
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._record: _Record | None = None
-        self._last_version = 0
+
+class _ModelHolder:
+    """A detached actor that owns the stored models of the names published to it.
+
+    Methods run in threads; one lock per name makes a name's builds and installs run
+    one at a time (so a loader runs once however many callers race), while other
+    names proceed. Once its last name is released the holder *closes*: it refuses new
+    work (callers retry with a fresh holder) and the caller kills it.
+    """
+
+    def __init__(self, holder: str) -> None:
+        self._holder = holder
+        self._records: dict[str, _Record] = {}
+        self._versions: dict[str, int] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._busy = 0
+        self._closing = False
 
     def ready(self) -> bool:
         return True
 
+    def _enter(self, name: str) -> threading.Lock | None:
+        with self._guard:
+            if self._closing:
+                return None
+            self._busy += 1
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._busy -= 1
+
     def _install(
         self,
+        name: str,
         skeleton: bytes,
         refs: dict[str, ray.ObjectRef],
         nbytes: dict[str, int],
@@ -158,81 +199,118 @@ class _ModelHolder:
         backends: dict[str, str],
         built_by: str,
     ) -> PublishedModel:
-        self._last_version += 1
+        known = _kv_get(name)
+        version = max(self._versions.get(name, 0), int(known["version"]) if known else 0) + 1
+        self._versions[name] = version
         info = PublishedModel(
-            name=self._name,
-            version=self._last_version,
+            name=name,
+            version=version,
             nbytes=sum(nbytes.values()),
             backends=dict(backends),
+            holder=self._holder,
             built_by=built_by,
             published_at=time.time(),
         )
-        # Replacing the record drops the holder's refs to the previous version: Ray frees
+        # Replacing the record drops this holder's refs to the previous version: Ray frees
         # it once the workers that loaded it drop their models.
-        self._record = _Record(skeleton, dict(refs), dict(nbytes), options, info)
-        _kv_put(self._name, info)
+        self._records[name] = _Record(skeleton, dict(refs), dict(nbytes), options, info)
+        _kv_put(info)
         return info
 
     def install(
         self,
+        name: str,
         skeleton: bytes,
         refs: dict[str, ray.ObjectRef],
         nbytes: dict[str, int],
         options: LoadOptions,
         backends: dict[str, str],
-    ) -> PublishedModel:
+    ) -> PublishedModel | str:
         """Take over a model the caller stored: copy each object into one this actor owns.
 
-        Ray (2.56 and later) cannot hand an object's ownership to another process, so
-        the holder re-puts each stored object: ``ray.get`` maps the caller's bytes
-        (no private copy here) and ``ray.put`` copies them, shared memory to shared
-        memory, into an object owned by this actor. The caller's object is freed when
-        the caller drops its references, right after this returns.
+        ``ray.get`` maps the caller's bytes (no private copy here) and ``ray.put`` copies
+        them, shared memory to shared memory, into an object owned by this actor. The
+        caller's object is freed when the caller drops its references.
         """
-        owned = {}
-        for attr, ref in refs.items():
-            value = ray.get(ref)
-            owned[attr] = ray.put(value)
-            del value
-        return self._install(skeleton, owned, nbytes, options, backends, "caller")
+        lock = self._enter(name)
+        if lock is None:
+            return _CLOSING
+        try:
+            with lock:
+                owned = {}
+                for attr, ref in refs.items():
+                    value = ray.get(ref)
+                    owned[attr] = ray.put(value)
+                    del value
+                return self._install(name, skeleton, owned, nbytes, options, backends, "caller")
+        finally:
+            self._leave()
 
     def build(
         self,
+        name: str,
         loader: Callable[[], Any],
         model_attr_names: list[str] | None,
         options: LoadOptions,
         only_if_missing: bool,
-    ) -> PublishedModel:
+    ) -> PublishedModel | str:
         """Run ``loader`` here, store what it returns, keep only the stored copy."""
-        if only_if_missing and self._record is not None:
-            return self._record.info
-        model = loader()
-        shared = SharedPipeline.share(model, model_attr_names)
-        backends = _backend_names(model, model_attr_names)
-        del model
-        skeleton = cloudpickle.dumps(shared.skeleton)
-        info = self._install(skeleton, shared.refs, shared.nbytes, options, backends, "loader")
-        del shared
-        _trim_heap()
-        return info
+        lock = self._enter(name)
+        if lock is None:
+            return _CLOSING
+        try:
+            with lock:
+                existing = self._records.get(name)
+                if only_if_missing and existing is not None:
+                    return existing.info
+                model = loader()
+                shared = SharedPipeline.share(model, model_attr_names)
+                backends = _backend_names(model, model_attr_names)
+                del model
+                skeleton = cloudpickle.dumps(shared.skeleton)
+                info = self._install(name, skeleton, shared.refs, shared.nbytes, options, backends, "loader")
+                del shared
+                return info
+        finally:
+            self._leave()
+            _trim_heap()
 
-    def record(self) -> _Record | None:
-        return self._record
+    def record(self, name: str) -> _Record | None:
+        return self._records.get(name)
 
-    def info(self) -> PublishedModel | None:
-        return None if self._record is None else self._record.info
+    def infos(self) -> list[PublishedModel]:
+        return [record.info for record in list(self._records.values())]
 
     def private_memory(self) -> int:
         """This holder's private memory in bytes (the stored weights are not in it)."""
         _trim_heap()
         return private_memory_bytes()
 
-    def release(self) -> None:
-        self._record = None
-        _kv_delete(self._name)
+    def release(self, name: str) -> bool:
+        """Forget ``name`` (dropping its refs); return True if the holder is now closing."""
+        with self._guard:
+            self._records.pop(name, None)
+            known = _kv_get(name)
+            if known is not None and known.get("holder") == self._holder:
+                _kv_delete(name)
+            return self._close_if_idle()
+
+    def close_if_empty(self) -> bool:
+        """Close if nothing is stored or being stored here; return whether closing."""
+        with self._guard:
+            return self._close_if_idle()
+
+    def _close_if_idle(self) -> bool:
+        if not self._records and self._busy == 0:
+            self._closing = True
+        return self._closing
 
 
-_Holder: Any = ray.remote(num_cpus=0, max_restarts=0)(_ModelHolder)
+_Holder: Any = ray.remote(_ModelHolder)
+
+
+def _actor_name(holder: str) -> str:
+    return f"holder:{holder}"
 
 
 def _ensure_ray() -> None:
@@ -240,30 +318,60 @@ def _ensure_ray() -> None:
         ray.init()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, what: str = "A published model's name") -> None:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"A published model's name must be a non-empty string, got {name!r}.")
+        raise ValueError(f"{what} must be a non-empty string, got {name!r}.")
 
 
-def _holder_handle(name: str) -> Any | None:
+def _holder_handle(holder: str) -> Any | None:
     try:
-        return ray.get_actor(name, namespace=NAMESPACE)
+        return ray.get_actor(_actor_name(holder), namespace=NAMESPACE)
     except ValueError:
         return None
 
 
-def _create_holder(name: str, holder_options: dict[str, Any] | None) -> Any:
-    """The holder of ``name``, created if missing (atomically: one holder per name)."""
+def _create_holder(holder: str, holder_options: dict[str, Any] | None) -> Any:
+    """The holder actor ``holder``, created if missing (atomically: one per holder name)."""
     options = {
+        "num_cpus": 0,
+        "max_restarts": 0,
+        "max_concurrency": 64,
         **(holder_options or {}),
-        "name": name,
+        "name": _actor_name(holder),
         "namespace": NAMESPACE,
         "lifetime": "detached",
         "get_if_exists": True,
     }
-    holder = _Holder.options(**options).remote(name)
-    ray.get(holder.ready.remote())
-    return holder
+    handle = _Holder.options(**options).remote(holder)
+    ray.get(handle.ready.remote())
+    return handle
+
+
+def _call_holder(holder: str, holder_options: dict[str, Any] | None, method: str, *args: Any) -> Any:
+    """Call ``method`` on the holder, recreating it if it died or is closing."""
+    deadline = time.monotonic() + _RETRY_S
+    while True:
+        handle = _create_holder(holder, holder_options)
+        try:
+            result = ray.get(getattr(handle, method).remote(*args))
+        except ray.exceptions.RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # it died between lookup and call: make a new one
+            continue
+        if isinstance(result, str) and result == _CLOSING:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray-zerocopy holder {holder!r} stayed in its closing state for {_RETRY_S} s.")
+            time.sleep(0.1)  # its last model was just unpublished: wait for it to go
+            continue
+        return result
+
+
+def _kill_if_empty(handle: Any) -> None:
+    """Kill a holder that stores nothing (its first model could not be built or stored)."""
+    with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        if ray.get(handle.close_if_empty.remote(), timeout=_CALL_TIMEOUT_S):
+            ray.kill(handle, no_restart=True)
 
 
 def _published_summary() -> str:
@@ -273,23 +381,21 @@ def _published_summary() -> str:
     return "Published models: " + "; ".join(str(m) for m in models) + "."
 
 
-def _not_published(name: str) -> ModelNotPublishedError:
-    if _kv_get(name) is not None:
-        return _holder_gone(name)
+def _unknown(name: str) -> ModelNotPublishedError:
     return ModelNotPublishedError(
         f"No model is published under the name {name!r}. {_published_summary()} Publish it "
         f"first with publish({name!r}, model_or_loader), or use get_or_publish({name!r}, loader)."
     )
 
 
-def _holder_gone(name: str, cause: BaseException | None = None) -> ModelNotPublishedError:
+def _holder_gone(name: str, holder: str, cause: BaseException | None = None) -> ModelNotPublishedError:
     detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return ModelNotPublishedError(
-        f"The published model {name!r} is no longer available: its holder actor (detached, "
-        f"namespace {NAMESPACE!r}) died, e.g. killed or lost with its node, and the stored "
-        f"weights went with it{detail}. Models already loaded keep working. Publish it again "
-        f"with publish({name!r}, model_or_loader), or call get_or_publish({name!r}, loader), "
-        "which recreates the holder."
+        f"The published model {name!r} is no longer available: its holder actor "
+        f"({_actor_name(holder)!r}, namespace {NAMESPACE!r}) died, e.g. killed or lost with its "
+        f"node, and the stored weights went with it{detail}. Models already loaded keep "
+        f"working. Publish it again with publish({name!r}, model_or_loader), or call "
+        f"get_or_publish({name!r}, loader), which recreates the holder."
     )
 
 
@@ -303,6 +409,26 @@ def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
     return callable(obj)
 
 
+def _holder_for(name: str, holder: str | None) -> str:
+    """The holder to publish ``name`` to: the one asked for, else where it is now, else the default."""
+    if holder is not None:
+        _check_name(holder, "holder")
+        return holder
+    known = _kv_get(name)
+    return str(known["holder"]) if known else DEFAULT_HOLDER
+
+
+def _moved(name: str, old: dict[str, Any] | None, new_holder: str) -> None:
+    """After ``name`` moved to ``new_holder``, drop it from the holder it was in."""
+    if old is None or old.get("holder") == new_holder:
+        return
+    handle = _holder_handle(str(old["holder"]))
+    if handle is not None:
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if ray.get(handle.release.remote(name), timeout=_CALL_TIMEOUT_S):
+                ray.kill(handle, no_restart=True)
+
+
 def publish(
     name: str,
     model_or_loader: Any,
@@ -312,6 +438,7 @@ def publish(
     use_fast_load: bool = False,
     writable: bool = False,
     prefault: bool = False,
+    holder: str | None = None,
     holder_options: dict[str, Any] | None = None,
 ) -> PublishedModel:
     """Store a model (or pipeline) under ``name``, owned by a detached holder actor.
@@ -329,13 +456,17 @@ def publish(
     Args:
         name: cluster-wide name (any non-empty string).
         model_or_loader: an ``nn.Module`` (or any object a backend handles), a pipeline
-            whose attributes are models, or a zero-argument callable that returns one.
-            A loader runs inside the holder actor, so this process never holds the model.
+            whose attributes are models, or a zero-argument callable that returns one
+            (a function, a class, a callable object without model attributes). A loader
+            runs inside the holder actor, so this process never holds the model.
         model_attr_names: pipeline attributes to share; found automatically if None.
         device, use_fast_load, writable, prefault: the defaults of
             :func:`load_published` for this model (as for ``ActorWrapper``).
-        holder_options: extra Ray actor options for the holder (e.g. ``resources`` or a
-            ``scheduling_strategy`` to place it); by default it takes no CPU.
+        holder: which holder actor owns it; None keeps the name's current holder, or
+            :data:`DEFAULT_HOLDER` for a new name. Models in one holder share its
+            process; a holder of its own isolates a model (and costs one process).
+        holder_options: extra Ray actor options for the holder if this call creates it
+            (e.g. ``resources`` or a ``scheduling_strategy``); by default it takes no CPU.
 
     Returns:
         The :class:`PublishedModel` now stored under ``name``.
@@ -344,32 +475,27 @@ def publish(
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
     options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-    loader = _is_loader(model_or_loader, names)
-    holder = _create_holder(name, holder_options)
+    previous = _kv_get(name)
+    target = _holder_for(name, holder)
     try:
-        if loader:
-            info = ray.get(holder.build.remote(model_or_loader, names, options, False))
+        if _is_loader(model_or_loader, names):
+            info = _call_holder(target, holder_options, "build", name, model_or_loader, names, options, False)
         else:
             shared = SharedPipeline.share(model_or_loader, names)
             backends = _backend_names(model_or_loader, names)
             skeleton = cloudpickle.dumps(shared.skeleton)
-            info = ray.get(holder.install.remote(skeleton, shared.refs, shared.nbytes, options, backends))
+            args = (name, skeleton, shared.refs, shared.nbytes, options, backends)
+            info = _call_holder(target, holder_options, "install", *args)
             shared.release()  # the holder has its own copy now: free ours
     except ray.exceptions.RayActorError as exc:
-        raise _holder_gone(name, exc) from exc
+        raise _holder_gone(name, target, exc) from exc
     except BaseException:
-        _drop_if_empty(holder)  # a bad model or a failing loader leaves no empty holder behind
+        found = _holder_handle(target)
+        if found is not None:
+            _kill_if_empty(found)  # a bad model or a failing loader leaves no empty holder behind
         raise
+    _moved(name, previous, target)
     return info
-
-
-def _drop_if_empty(holder: Any) -> None:
-    """Kill ``holder`` if it stores nothing (its first model could not be built or stored)."""
-    try:
-        if ray.get(holder.info.remote(), timeout=_RELEASE_TIMEOUT_S) is None:
-            ray.kill(holder, no_restart=True)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass
 
 
 def get_or_publish(
@@ -381,14 +507,16 @@ def get_or_publish(
     use_fast_load: bool | None = None,
     writable: bool | None = None,
     prefault: bool | None = None,
+    holder: str | None = None,
     holder_options: dict[str, Any] | None = None,
 ) -> Any:
     """Load the model published as ``name``, publishing it with ``loader`` first if needed.
 
-    Safe when many processes call it at once (say, every replica's constructor): one
-    holder actor is created for the name, ``loader`` runs once, inside that holder, and
-    one copy is stored; every caller then gets a zero-copy load. If the holder had died,
-    this recreates it. An existing model is returned as is, whatever ``loader`` would build.
+    Safe when many processes call it at once (say, every replica's constructor): the
+    holder actor is created once (a Ray named actor, ``get_if_exists``), a lock per
+    name inside it lets ``loader`` run once, and one copy is stored; every caller then
+    gets a zero-copy load. If the holder had died, this recreates it and runs
+    ``loader`` again. An existing model is returned as is, whatever ``loader`` builds.
 
     Example::
 
@@ -404,7 +532,7 @@ def get_or_publish(
         device, use_fast_load, writable, prefault: how this caller's copy is loaded (as
             ``wrapper.load()``); when this call publishes, they also become the model's
             defaults. None keeps the published default.
-        holder_options: extra Ray actor options for the holder, if this call creates it.
+        holder, holder_options: as for :func:`publish`.
 
     Returns:
         The ready model or pipeline.
@@ -420,24 +548,24 @@ def get_or_publish(
     defaults = LoadOptions(
         device=device, use_fast_load=bool(use_fast_load), writable=bool(writable), prefault=bool(prefault)
     )
-    for attempt in range(2):
-        holder = _create_holder(name, holder_options)
+    target = _holder_for(name, holder)
+    for attempt in range(3):
         try:
-            ray.get(holder.build.remote(loader, names, defaults, True))
+            _call_holder(target, holder_options, "build", name, loader, names, defaults, True)
         except ray.exceptions.RayActorError as exc:
-            if attempt == 1:
-                raise _holder_gone(name, exc) from exc
-            continue  # the holder died between lookup and call: make a new one
+            raise _holder_gone(name, target, exc) from exc
         except BaseException:
-            _drop_if_empty(holder)  # the loader failed: callers queued behind retry with a new holder
+            found = _holder_handle(target)
+            if found is not None:
+                _kill_if_empty(found)  # the loader failed: callers queued behind retry with a new holder
             raise
         try:
             return load_published(
                 name, device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
             )
         except ModelNotPublishedError:
-            if attempt == 1:
-                raise
+            if attempt == 2:
+                raise  # unpublished or killed again each time, right after it was built
     raise AssertionError("unreachable")
 
 
@@ -454,7 +582,7 @@ def load_published(
     On the CPU (the default) its tensors alias the node's object store and are
     read-only, exactly as ``wrapper.load()``; a worker on another node gets the object
     transferred to its node once. Arguments left as None keep the defaults given to
-    :func:`publish`.
+    :func:`publish`. Each call loads anew (milliseconds); keep what it returns.
 
     Example::
 
@@ -469,15 +597,21 @@ def load_published(
     """
     _check_name(name)
     _ensure_ray()
-    holder = _holder_handle(name)
-    if holder is None:
-        raise _not_published(name)
+    known = _kv_get(name)
+    if known is None:
+        raise _unknown(name)
+    holder = str(known["holder"])
+    handle = _holder_handle(holder)
+    if handle is None:
+        raise _holder_gone(name, holder)
     try:
-        record: _Record | None = ray.get(holder.record.remote())
+        record: _Record | None = ray.get(handle.record.remote(name))
     except ray.exceptions.RayActorError as exc:
-        raise _holder_gone(name, exc) from exc
-    if record is None:
-        raise _not_published(name)
+        raise _holder_gone(name, holder, exc) from exc
+    if record is None:  # the holder was recreated since (or the name was just unpublished)
+        if _kv_get(name) is None:
+            raise _unknown(name)
+        raise _holder_gone(name, holder)
     shared = SharedPipeline(cloudpickle.loads(record.skeleton), dict(record.refs), dict(record.nbytes))
     stored = record.options
     options = LoadOptions(
@@ -489,11 +623,13 @@ def load_published(
     try:
         return load_pipeline(shared, options)
     except WeightsUnavailableError as exc:
-        raise _holder_gone(name, exc) from exc
+        raise _holder_gone(name, holder, exc) from exc
 
 
 def list_published() -> list[PublishedModel]:
     """Every model published in the cluster now, sorted by name (sizes, backends, versions).
+
+    Names whose holder died are left out (loading one says so).
 
     Example::
 
@@ -501,32 +637,32 @@ def list_published() -> list[PublishedModel]:
             print(model.name, model.version, model.nbytes, model.backends)
     """
     _ensure_ray()
-    found = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if not isinstance(entry, dict) or entry.get("namespace") != NAMESPACE:
+    holders = set()
+    for name in _kv_names():
+        known = _kv_get(name)
+        if known is not None:
+            holders.add(str(known["holder"]))
+    found: list[PublishedModel] = []
+    for holder in sorted(holders):
+        handle = _holder_handle(holder)
+        if handle is None:
             continue
-        holder = _holder_handle(str(entry["name"]))
-        if holder is None:
-            continue
-        try:
-            info = ray.get(holder.info.remote(), timeout=_RELEASE_TIMEOUT_S)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            continue
-        if info is not None:
-            found.append(info)
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            found.extend(ray.get(handle.infos.remote(), timeout=_CALL_TIMEOUT_S))
     return sorted(found, key=lambda m: m.name)
 
 
 def unpublish(name: str, *, missing_ok: bool = False) -> bool:
-    """Remove the model published as ``name`` and stop its holder actor.
+    """Remove the model published as ``name``.
 
     The object-store memory is freed once every worker that loaded the model has
     dropped it (their loads keep working until then). New loads of ``name`` raise
-    :class:`~ray_zerocopy_core.errors.ModelNotPublishedError`.
+    :class:`~ray_zerocopy_core.errors.ModelNotPublishedError`. A holder actor left with
+    no model is stopped.
 
     Returns:
-        True if something was published under ``name`` (or a dead holder's record
-        was left), False if nothing was and ``missing_ok`` is set.
+        True if ``name`` was published (or its holder had died), False if nothing was
+        and ``missing_ok`` is set.
 
     Raises:
         ModelNotPublishedError: nothing is published under ``name`` and ``missing_ok``
@@ -534,36 +670,35 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
     """
     _check_name(name)
     _ensure_ray()
-    holder = _holder_handle(name)
-    stale = _kv_get(name) is not None
-    if holder is None:
-        if stale:
-            _kv_delete(name)
-            return True
+    known = _kv_get(name)
+    if known is None:
         if missing_ok:
             return False
-        raise _not_published(name)
-    # Already dead or stuck: killing it below releases its objects as well.
-    with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        ray.get(holder.release.remote(), timeout=_RELEASE_TIMEOUT_S)
-    ray.kill(holder, no_restart=True)
+        raise _unknown(name)
+    handle = _holder_handle(str(known["holder"]))
+    if handle is not None:
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if ray.get(handle.release.remote(name), timeout=_CALL_TIMEOUT_S):
+                ray.kill(handle, no_restart=True)
     _kv_delete(name)
     return True
 
 
-def holder_private_memory(name: str) -> int:
-    """Private memory (bytes) of the holder actor of ``name``: shows it keeps no weights.
+def holder_private_memory(holder: str = DEFAULT_HOLDER) -> int:
+    """Private memory (bytes) of a holder actor's process: shows it keeps no weights.
 
     The stored weights are shared memory and do not count; after :func:`publish` with a
     loader, this stays far below the model's size.
     """
-    holder = _holder_handle(name)
-    if holder is None:
-        raise _not_published(name)
-    return int(ray.get(holder.private_memory.remote()))
+    _ensure_ray()
+    handle = _holder_handle(holder)
+    if handle is None:
+        raise ModelNotPublishedError(f"No holder actor {holder!r} is running (nothing was published to it).")
+    return int(ray.get(handle.private_memory.remote(), timeout=_CALL_TIMEOUT_S))
 
 
 __all__ = [
+    "DEFAULT_HOLDER",
     "NAMESPACE",
     "PublishedModel",
     "get_or_publish",

@@ -1,0 +1,133 @@
+"""Multiplexed-switch benchmark: replicas switching among published models vs ``torch.load``.
+
+Six models (128 MiB each by default) are published by name once; four emulated
+replicas (plain Ray actors, see :mod:`benchkit.multiplex`; Ray Serve's own processes
+are too heavy to run beside them on two cores) each keep at most three loaded, so every
+request is a *switch*: a load of a model the replica does not hold. The same stream of
+requests is then served by replicas that ``torch.load`` a checkpoint per switch.
+
+Targets (issue 13): median switch <= 20 ms; node memory <= 1.1 x the six models'
+weights. Writes ``multiplex.md`` and ``multiplex.json`` to ``--out``.
+
+Run: ``python benchmarks/multiplex.py`` (about two minutes on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from benchkit.cluster import machine_info, start_ray
+from benchkit.multiplex import measure
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+MIB = 1024**2
+SWITCH_TARGET_S = 0.020
+NODE_TARGET_RATIO = 1.1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="MiB of weights per model")
+    parser.add_argument("--models", type=int, default=6, help="published models")
+    parser.add_argument("--replicas", type=int, default=4, help="emulated replicas")
+    parser.add_argument("--cache-size", type=int, default=3, help="models a replica keeps loaded")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over every model per replica")
+    parser.add_argument("--methods", default="named,torch_load", help="named,torch_load")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return parser.parse_args(argv)
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = [
+        "| method | switches | switch median | switch p90 | first forward median | store growth | "
+        "replicas' private growth | node memory / weights | holder process private memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        rows.append(
+            f"| {r['method']} | {r['switches']} | {r['switch_median_s'] * 1e3:.1f} ms | "
+            f"{r['switch_p90_s'] * 1e3:.1f} ms | {r['forward_median_s'] * 1e3:.1f} ms | "
+            f"{r['store_growth_bytes'] / MIB:.0f} MiB | {r['replica_growth_bytes'] / MIB:.0f} MiB | "
+            f"{r['node_ratio']:.2f}x | {r['holder_private_bytes'] / MIB:.0f} MiB |"
+        )
+    lines = [
+        f"# Multiplexed switching: {results['args']['models']} models of {results['args']['size']} MiB, "
+        f"{results['args']['replicas']} replicas keeping {results['args']['cache_size']} each",
+        "",
+        *rows,
+        "",
+    ]
+    named = next((r for r in results["runs"] if r["method"] == "named"), None)
+    if named:
+        switch_ok = named["switch_median_s"] <= SWITCH_TARGET_S
+        node_ok = named["node_ratio"] <= NODE_TARGET_RATIO
+        with_holders_ok = named["node_ratio_with_holders"] <= NODE_TARGET_RATIO
+        lines += [
+            f"- switch median <= {SWITCH_TARGET_S * 1e3:.0f} ms: "
+            f"{'met' if switch_ok else 'NOT MET'} ({named['switch_median_s'] * 1e3:.1f} ms)",
+            f"- node memory <= {NODE_TARGET_RATIO}x the weights (store + replicas): "
+            f"{'met' if node_ok else 'NOT MET'} ({named['node_ratio']:.2f}x)",
+            "- the same, counting the holder actor's process too: "
+            f"{'met' if with_holders_ok else 'NOT MET'} ({named['node_ratio_with_holders']:.2f}x)",
+        ]
+    baseline = next((r for r in results["runs"] if r["method"] == "torch_load"), None)
+    if named and baseline:
+        lines.append(
+            f"- vs torch.load: switch {baseline['switch_median_s'] / named['switch_median_s']:.0f}x faster, "
+            f"node memory {baseline['node_ratio']:.2f}x -> {named['node_ratio']:.2f}x of the weights"
+        )
+    machine = results["machine"]
+    lines += [
+        "",
+        f"Machine: {machine['cores']} cores, {machine['memory_gib']} GiB, torch {machine['torch']}, "
+        f"ray {machine['ray']}, {machine['date']}. Replicas are plain Ray actors emulating "
+        "`@serve.multiplexed` (LRU per replica); requests are sent one at a time.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
+
+    store_mib = int(args.models * args.size * 1.5) + 512
+    progress(f"starting a local Ray (2 CPUs, {store_mib} MiB object store)")
+    start_ray(store_mib)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}}
+    results["args"].update(size=args.size, models=args.models, replicas=args.replicas, cache_size=args.cache_size)
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="ray_zerocopy_multiplex_", dir=args.out) as tmp:
+            for method in methods:
+                progress(f"method {method}")
+                runs.append(
+                    measure(
+                        method, args.models, args.size, args.replicas, args.cache_size, args.rounds, Path(tmp), progress
+                    )
+                )
+    finally:
+        ray.shutdown()
+    results["runs"] = runs
+    results["elapsed_s"] = time.perf_counter() - start
+    (args.out / "multiplex.json").write_text(json.dumps(results, indent=1, default=str))
+    markdown = render(results)
+    (args.out / "multiplex.md").write_text(markdown)
+    print()
+    print(markdown)
+    print(f"Written: {args.out / 'multiplex.md'}, {args.out / 'multiplex.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
