@@ -67,7 +67,7 @@ def fresh_model(spec: ModelSpec) -> nn.Module:
 
 def _zerocopy_prepare(model: nn.Module, spec: ModelSpec, workdir: Path) -> Any:
     if spec.scripted:
-        from ray_zerocopy_jit import JITActorWrapper
+        from ray_zerocopy import JITActorWrapper
 
         return JITActorWrapper(model)
     from ray_zerocopy_core import ActorWrapper

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.backends.nn import NNBackend
+from ray_zerocopy_core.plugin import LoadOptions
 
 
 class TiedLM(nn.Module):

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from ray_zerocopy_core import memory
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.representation import TensorTable, build_table
 
 pytestmark = pytest.mark.skipif(not memory.protection_supported(), reason="needs Linux mprotect")
@@ -215,6 +215,7 @@ def test_a_segv_sent_by_kill_is_not_swallowed() -> None:
     result = run_script(
         """
         import os, signal, threading
+        from ray_zerocopy_core import fault_explainer
         table = stored_in_shared_memory(weights_table(64 * 1024))
         loads = [threading.Thread(target=materialize, args=(table, LoadOptions())) for _ in range(8)]
         [t.start() for t in loads]; [t.join() for t in loads]

@@ -9,9 +9,9 @@ import torch
 from core_models import TiedLM, round_trip
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.backends.nn import NNBackend
 from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.plugin import LoadOptions
 
 ALL_DTYPES = [
     torch.float32,
@@ -181,10 +181,10 @@ def test_nested_tensor_is_refused_with_the_fix() -> None:
         NNBackend().extract(module)
 
 
-def test_backend_declines_script_modules() -> None:
+def test_backend_refuses_to_extract_script_modules() -> None:
     scripted = torch.jit.script(nn.Linear(2, 2))
-    assert not NNBackend().handles(scripted)
-    assert NNBackend().handles(nn.Linear(2, 2))
+    with pytest.raises(UnsupportedModelError, match="'jit' backend"):
+        NNBackend().extract(scripted)
 
 
 def test_every_storage_is_aligned_for_every_dtype_after_a_store_like_rays() -> None:

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ray_zerocopy_core import registry
-from ray_zerocopy_core.backend import LoadOptions, ModelPayload
 from ray_zerocopy_core.backends.nn import NNBackend
-from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError
+from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, InvalidBackendError, InvalidOptionError
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload
 
 
 class SpecialModule(nn.Linear):
@@ -138,12 +138,12 @@ def test_register_is_idempotent_and_guards_names(fake_entry_points: list[metadat
     special = SpecialBackend()
     registry.register_backend(special)
     registry.register_backend(special)
-    with pytest.raises(BackendError, match="already registered.*replace=True"):
+    with pytest.raises(InvalidOptionError, match="already registered.*replace=True"):
         registry.register_backend(SpecialBackend())
     replacement = SpecialBackend()
     registry.register_backend(replacement, replace=True)
     assert registry.get_backend("special") is replacement
-    with pytest.raises(TypeError, match="Backend protocol"):
+    with pytest.raises(InvalidBackendError, match="Backend protocol"):
         registry.register_backend(object())  # type: ignore[arg-type]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions, ModelPayload
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload
 from ray_zerocopy_jit.backend import JITBackend
 
 

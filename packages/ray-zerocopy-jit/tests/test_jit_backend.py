@@ -10,8 +10,8 @@ import torch
 from jit_models import Tower, freeze, payload_of, round_trip, script, trace, trained_tower
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.registry import backend_for
 from ray_zerocopy_jit.backend import INLINED_WARNING_BYTES, JITBackend, find_slots, inlined_tensor_bytes
 

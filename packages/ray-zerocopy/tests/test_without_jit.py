@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.registry import ENTRY_POINT_GROUP, reset_registry
 
 HINT = "pip install 'ray-zerocopy[jit]'"

@@ -12,9 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ray_zerocopy_core import LoadOptions, ModelPayload
-from ray_zerocopy_core.loading import materialize
-from ray_zerocopy_core.representation import build_table
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, build_table, materialize
 
 __all__ = ["EmbeddingTable", "EmbeddingTableBackend"]
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from ray_zerocopy_core.backend import Backend, LoadOptions, ModelPayload
 from ray_zerocopy_core.errors import (
     BackendError,
     BackendNotInstalledError,
+    FormatVersionError,
+    InvalidBackendError,
+    InvalidOptionError,
+    InvalidReferenceError,
     ModelNotPublishedError,
     ObjectStoreCapacityError,
     PipelineError,
+    UnknownMethodError,
     UnsupportedModelError,
     WeightsUnavailableError,
     WrapperReleasedError,
@@ -31,8 +35,9 @@ from ray_zerocopy_core.named import (
     publish,
     unpublish,
 )
+from ray_zerocopy_core.options import LoadOptions
+from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend, ModelPayload
 from ray_zerocopy_core.registry import (
-    ENTRY_POINT_GROUP,
     backend_for,
     backend_names,
     broken_backends,
@@ -54,6 +59,10 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendNotInstalledError",
+    "FormatVersionError",
+    "InvalidBackendError",
+    "InvalidOptionError",
+    "InvalidReferenceError",
     "LoadOptions",
     "ModelNotPublishedError",
     "ModelPayload",
@@ -65,6 +74,7 @@ __all__ = [
     "TaskWrapper",
     "TensorEntry",
     "TensorTable",
+    "UnknownMethodError",
     "UnsupportedModelError",
     "WeightsUnavailableError",
     "WrapperReleasedError",

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 JIT_INSTALL_HINT = "pip install 'ray-zerocopy[jit]'"
+EXPORT_INSTALL_HINT = "pip install 'ray-zerocopy[export]'"
 
 
 class ZeroCopyError(Exception):
     """Root of every error ray-zerocopy raises on purpose."""
 
 
-class BackendError(ZeroCopyError):
+class BackendError(ZeroCopyError, LookupError):
     """No backend can take an object, or a named backend is missing or broken."""
+
+
+class InvalidBackendError(BackendError, TypeError):
+    """An object registered as a backend does not implement the backend protocol."""
 
 
 class BackendNotInstalledError(BackendError, ImportError):
@@ -27,6 +32,22 @@ class PipelineError(ZeroCopyError, ValueError):
 
 class WrongModeError(ZeroCopyError, TypeError):
     """A wrapper was used the way the other execution mode is used."""
+
+
+class InvalidOptionError(ZeroCopyError, ValueError):
+    """An option has a value that is not one of those accepted (a mode string, a name taken)."""
+
+
+class InvalidReferenceError(ZeroCopyError, TypeError):
+    """Something other than a stored model's reference was given where one is loaded."""
+
+
+class UnknownMethodError(ZeroCopyError, AttributeError):
+    """A task-mode shim or an actor-mode wrapper was asked for a method it does not offer."""
+
+
+class FormatVersionError(ZeroCopyError, RuntimeError):
+    """A stored model was written by another ray-zerocopy release than the one loading it."""
 
 
 class ObjectStoreCapacityError(ZeroCopyError, MemoryError):

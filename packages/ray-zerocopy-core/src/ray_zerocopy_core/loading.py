@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backend import LoadOptions
 from ray_zerocopy_core.memory import map_stored_table, prefault_in_background
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.representation import TensorTable, rebuild_tensors
 
 #: The exact warning torch gives when wrapping read-only numpy memory; silenced only for

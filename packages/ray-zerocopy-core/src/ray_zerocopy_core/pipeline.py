@@ -17,18 +17,16 @@ import ray
 import torch
 from ray import cloudpickle
 
-from ray_zerocopy_core.backend import LoadOptions
-from ray_zerocopy_core.errors import BackendNotInstalledError, PipelineError, WrapperReleasedError
-from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
-from ray_zerocopy_core.skeleton import split_tensors
-from ray_zerocopy_core.store import put_payload, rebuild_model
+from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, PipelineError, WrapperReleasedError
+from ray_zerocopy_core.plugin import Backend, split_tensors
+from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.sharing import share_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
 BARE_MODEL = ""
 
 
-def find_model_attrs(pipeline: Any) -> list[str]:
-    """Names of ``pipeline``'s attributes that some backend can share, in definition order."""
+def _attributes(pipeline: Any) -> dict[str, Any]:
     attributes = getattr(pipeline, "__dict__", None)
     if attributes is None:
         raise PipelineError(
@@ -37,7 +35,47 @@ def find_model_attrs(pipeline: Any) -> list[str]:
             "itself, or an object that holds the models as attributes (lists and dicts of "
             "models are not searched)."
         )
-    return [name for name, value in attributes.items() if find_backend(value) is not None]
+    return dict(attributes)
+
+
+def find_models(pipeline: Any) -> dict[str, tuple[Any, Backend]]:
+    """``pipeline``'s attributes that some backend can share: name to (model, backend), in order."""
+    found = {}
+    for name, value in _attributes(pipeline).items():
+        backend = find_backend(value)
+        if backend is not None:
+            found[name] = (value, backend)
+    return found
+
+
+def find_model_attrs(pipeline: Any) -> list[str]:
+    """Names of ``pipeline``'s attributes that some backend can share, in definition order."""
+    return list(find_models(pipeline))
+
+
+def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[str, tuple[Any, Backend]]:
+    """The models ``model_attr_names`` names (one name, or several), each with its backend."""
+    names = [model_attr_names] if isinstance(model_attr_names, str) else list(model_attr_names)
+    kind = type(pipeline).__qualname__
+    models = {}
+    for name in names:
+        if not hasattr(pipeline, name):
+            found = find_model_attrs(pipeline) if hasattr(pipeline, "__dict__") else []
+            raise PipelineError(
+                f"{kind} has no attribute {name!r} (from model_attr_names). "
+                f"Name attributes that hold models; found: {', '.join(map(repr, found)) or 'none'}."
+            )
+        value = getattr(pipeline, name)
+        try:
+            models[name] = (value, backend_for(value))
+        except BackendNotInstalledError:
+            raise
+        except BackendError as exc:
+            raise PipelineError(
+                f"Attribute {name!r} of {kind} cannot be shared: {exc} "
+                "model_attr_names must name attributes that hold models (nn.Module or ScriptModule)."
+            ) from exc
+    return models
 
 
 #: Tensor bytes a pipeline skeleton may carry by value (small constants are fine); more
@@ -158,7 +196,7 @@ class SharedPipeline:
     def share(
         cls,
         obj: Any,
-        model_attr_names: Iterable[str] | None = None,
+        model_attr_names: str | Iterable[str] | None = None,
         method_names: Iterable[str] = (),
         owner: Any = None,
     ) -> SharedPipeline:
@@ -168,52 +206,28 @@ class SharedPipeline:
         checked here, before anything is stored, rather than in a remote task later.
         ``owner`` (an actor handle) owns the stored objects instead of this process.
         """
-        if model_attr_names is None and find_backend(obj) is not None:
-            _check_methods({BARE_MODEL: obj}, method_names)
-            return cls._share_models(None, {BARE_MODEL: obj}, owner)
-        names = list(model_attr_names) if model_attr_names is not None else find_model_attrs(obj)
-        if not names:
-            raise PipelineError(
-                f"No model found in {type(obj).__qualname__}: none of its attributes is an "
-                "nn.Module or ScriptModule. Give the models as attributes, or name them with "
-                "model_attr_names=[...]."
-            )
-        models = {}
-        for name in names:
-            if not hasattr(obj, name):
-                found = find_model_attrs(obj) if hasattr(obj, "__dict__") else []
+        backend = find_backend(obj) if model_attr_names is None else None
+        if backend is not None:
+            models = {BARE_MODEL: (obj, backend)}
+            skeleton = None
+        else:
+            models = find_models(obj) if model_attr_names is None else named_models(obj, model_attr_names)
+            if not models:
                 raise PipelineError(
-                    f"{type(obj).__qualname__} has no attribute {name!r} (from model_attr_names). "
-                    f"Name attributes that hold models; found: {', '.join(map(repr, found)) or 'none'}."
+                    f"No model found in {type(obj).__qualname__}: none of its attributes is an "
+                    "nn.Module or ScriptModule. Give the models as attributes, or name them with "
+                    "model_attr_names=[...]."
                 )
-            value = getattr(obj, name)
-            try:
-                backend_for(value)
-            except (PipelineError, BackendNotInstalledError):
-                raise
-            except Exception as exc:
-                raise PipelineError(
-                    f"Attribute {name!r} of {type(obj).__qualname__} cannot be shared: {exc} "
-                    "model_attr_names must name attributes that hold models (nn.Module or ScriptModule)."
-                ) from exc
-            models[name] = value
-        _check_methods(models, method_names)
-        skeleton = copy.copy(obj)
-        for name in names:
-            setattr(skeleton, name, None)
-        check_skeleton(skeleton)
-        return cls._share_models(skeleton, models, owner)
-
-    @classmethod
-    def _share_models(cls, skeleton: Any, models: dict[str, Any], owner: Any = None) -> SharedPipeline:
+            skeleton = copy.copy(obj)
+            for name in models:
+                setattr(skeleton, name, None)
+            check_skeleton(skeleton)
+        _check_methods({name: model for name, (model, _) in models.items()}, method_names)
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
-        for name, model in models.items():
-            backend = backend_for(model)
-            payload = backend.extract(model)
-            payload.backend_locator = backend_locator(backend)
-            refs[name] = put_payload(payload, what=f"model {name!r}" if name else "model", owner=owner)
-            sizes[name] = payload.nbytes
+        for name, (model, model_backend) in models.items():
+            what = f"model {name!r}" if name else "model"
+            refs[name], sizes[name] = share_model(model, model_backend, what=what, owner=owner)
         return cls(skeleton, refs, sizes)
 
     @property
@@ -241,11 +255,6 @@ class SharedPipeline:
         for name, model in models.items():
             setattr(pipeline, name, model)
         return pipeline
-
-    def load(self, options: LoadOptions) -> Any:
-        """Rebuild every model in this process and return the assembled pipeline."""
-        self.check_available()
-        return self.assemble({name: rebuild_model(ref, options) for name, ref in self.refs.items()})
 
     def release(self) -> None:
         """Drop this handle's references; Ray frees the objects once no worker uses them."""

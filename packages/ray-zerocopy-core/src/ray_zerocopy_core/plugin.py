@@ -30,18 +30,96 @@ Declare it under the entry-point group ``ray_zerocopy.backends`` (see
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import nn
 
-from ray_zerocopy_core.backend import Backend, LoadOptions, ModelPayload
 from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.representation import TensorEntry, TensorTable, build_table, check_shareable
 from ray_zerocopy_core.skeleton import join_tensors, split_tensors
 
 #: The entry-point group under which distributions declare backends (``name = "module:Class"``).
 ENTRY_POINT_GROUP = "ray_zerocopy.backends"
+
+#: Version of the stored layout (table, guards, alignment, payload fields). A reader
+#: refuses a payload written with another format or another ray-zerocopy release.
+FORMAT_VERSION = 2
+
+try:
+    #: The ray-zerocopy release of this process, recorded in every payload it stores.
+    RELEASE = metadata.version("ray-zerocopy-core")
+except metadata.PackageNotFoundError:  # a source tree that is not installed
+    RELEASE = "0+unknown"
+
+
+@dataclass
+class ModelPayload:
+    """What one model becomes in the object store: one Ray object per model.
+
+    Attributes:
+        backend: name of the backend that made it and must rebuild it.
+        skeleton: the model without its weights, in the backend's own format.
+        table: the weights as raw bytes plus their index.
+        backend_locator: ``module:qualname`` of the backend class, so a worker can import
+            it without scanning entry points (filled in when the payload is stored).
+        format_version: the :data:`FORMAT_VERSION` of the process that made it.
+        release: the ray-zerocopy release of the process that made it.
+    """
+
+    backend: str
+    skeleton: bytes
+    table: TensorTable
+    backend_locator: str = ""
+    format_version: int = FORMAT_VERSION
+    release: str = RELEASE
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weights in the payload."""
+        return self.table.nbytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The versions come first and are read before anything else, so a process of
+        # another release can say which versions differ instead of failing to unpickle.
+        fields = (self.backend, self.skeleton, self.table, self.backend_locator)
+        return (restore_payload, (self.format_version, self.release, fields))
+
+
+def restore_payload(format_version: int, release: str, fields: Any) -> ModelPayload:
+    """Unpickle a payload; one written by another release keeps only its versions (checked on fetch)."""
+    if format_version == FORMAT_VERSION and release == RELEASE:
+        backend, skeleton, table, locator = fields
+        return ModelPayload(backend, skeleton, table, locator, format_version, release)
+    return ModelPayload("", b"", TensorTable((), ()), "", format_version, release)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend provides. Implementations are registered under an entry point.
+
+    ``model_types`` are the classes the backend handles; when several backends handle
+    an object, the one whose type is nearest the object's own class in its MRO wins
+    (so a ``torch.jit.ScriptModule`` goes to ``jit`` even though it is an ``nn.Module``).
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[type, ...]]
+
+    def handles(self, obj: object) -> bool:
+        """Whether this backend can share ``obj`` (checked after ``model_types`` matched)."""
+        ...
+
+    def extract(self, model: Any) -> ModelPayload:
+        """Split ``model`` into a skeleton and its weight bytes, without copying weights."""
+        ...
+
+    def rebuild(self, payload: ModelPayload, options: LoadOptions) -> Any:
+        """Rebuild a ready (eval-mode) model from ``payload``."""
+        ...
 
 
 def finish_model(model: Any, options: LoadOptions) -> Any:
@@ -56,6 +134,8 @@ def finish_model(model: Any, options: LoadOptions) -> Any:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FORMAT_VERSION",
+    "RELEASE",
     "Backend",
     "LoadOptions",
     "ModelPayload",
@@ -68,5 +148,6 @@ __all__ = [
     "finish_model",
     "join_tensors",
     "materialize",
+    "restore_payload",
     "split_tensors",
 ]

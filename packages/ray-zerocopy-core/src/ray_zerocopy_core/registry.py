@@ -11,14 +11,22 @@ installs them, so an object that needs one gets an error that says what to insta
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType
 
-from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendError, BackendNotInstalledError
+from ray_zerocopy_core.errors import (
+    EXPORT_INSTALL_HINT,
+    JIT_INSTALL_HINT,
+    BackendError,
+    BackendNotInstalledError,
+    InvalidBackendError,
+    InvalidOptionError,
+)
 from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend
 
 logger = logging.getLogger(__name__)
@@ -26,23 +34,29 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class KnownBackend:
-    """A backend shipped outside core: how to recognise its objects and how to install it."""
+    """A backend shipped outside core: the type it claims (a dotted path) and how to install it."""
 
     name: str
-    claims: Callable[[object], bool]
+    claims: str
     install_hint: str
 
+    def claimed_type(self) -> type | None:
+        """The claimed class, imported on demand; None if its module is unavailable."""
+        module_name, _, attribute = self.claims.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
+            return None
 
-def _is_script_module(obj: object) -> bool:
-    import torch
 
-    return isinstance(obj, torch.jit.ScriptModule)
-
-
-#: Backends core knows of but does not ship. Checked only when no installed backend of
-#: that name exists, so a missing distribution is named instead of a wrong fallback.
+#: Backends core knows of but does not ship. An object whose nearest claimed type is one
+#: of these, when that backend is not installed (or failed to import), gets an error
+#: naming the install line instead of falling to a less specific backend.
 KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
-    {"jit": KnownBackend("jit", _is_script_module, JIT_INSTALL_HINT)}
+    {
+        "jit": KnownBackend("jit", "torch.jit.ScriptModule", JIT_INSTALL_HINT),
+        "export": KnownBackend("export", "torch.export.ExportedProgram", EXPORT_INSTALL_HINT),
+    }
 )
 
 
@@ -114,6 +128,8 @@ class _Registry:
     def all_loadable(self) -> list[Backend]:
         backends = []
         for name in self.names():
+            if name in self._broken:  # reported once, when it failed; not retried
+                continue
             try:
                 backends.append(self.get(name))
             except BackendError as exc:
@@ -124,11 +140,14 @@ class _Registry:
 
     def register(self, backend: Backend, replace: bool) -> None:
         if not isinstance(backend, Backend):
-            raise TypeError(f"{backend!r} does not implement the ray_zerocopy_core Backend protocol")
+            raise InvalidBackendError(
+                f"{backend!r} does not implement the ray_zerocopy_core Backend protocol "
+                "(name, model_types, handles, extract, rebuild); see ray_zerocopy_core.plugin."
+            )
         with self._lock:
             current = self._loaded.get(backend.name)
             if current is not None and current is not backend and not replace:
-                raise BackendError(
+                raise InvalidOptionError(
                     f"A backend named {backend.name!r} is already registered; pass replace=True to replace it."
                 )
             self._loaded[backend.name] = backend
@@ -188,37 +207,51 @@ def reset_registry() -> None:
     _registry.reset()
 
 
-def _mro_distance(obj: object, backend: Backend) -> int | None:
+def _mro_distance(obj: object, types: tuple[type, ...]) -> int | None:
     mro = type(obj).__mro__
-    distances = [mro.index(t) for t in backend.model_types if t in mro]
-    if distances:
-        return min(distances)
-    return len(mro) if backend.handles(obj) else None
+    distances = [mro.index(t) for t in types if t in mro]
+    return min(distances) if distances else None
 
 
 def find_backend(obj: object) -> Backend | None:
     """The most specific installed backend that handles ``obj``, or ``None``.
 
+    One rule picks it: the backend whose ``model_types`` lie nearest ``type(obj)`` in its
+    MRO (and whose ``handles(obj)`` agrees). Known backends of other distributions
+    take part with the type they claim: if one of them is nearest but not installed, the
+    object gets an error naming the install line rather than a less specific backend.
+
     Raises:
         BackendNotInstalledError: ``obj`` belongs to a known backend that is not
-            installed (e.g. a ScriptModule without ``ray-zerocopy[jit]``).
+            installed or failed to import (e.g. a ScriptModule without ``ray-zerocopy[jit]``).
     """
+    best: tuple[int, Backend | KnownBackend] | None = None
     loadable = _registry.all_loadable()
     usable = {backend.name for backend in loadable}
+    candidates: list[tuple[tuple[type, ...], Backend | KnownBackend]] = [(b.model_types, b) for b in loadable]
     for known in KNOWN_BACKENDS.values():
-        if known.name not in usable and known.claims(obj):
-            broken = _registry._broken.get(known.name)
-            state = f"failed to import ({broken})" if broken else "not installed"
-            raise BackendNotInstalledError(
-                f"{type(obj).__qualname__} needs the {known.name!r} backend, which is {state}. "
-                f"Install it with: {known.install_hint}"
-            )
-    best: tuple[int, Backend] | None = None
-    for backend in loadable:
-        distance = _mro_distance(obj, backend)
-        if distance is not None and backend.handles(obj) and (best is None or distance < best[0]):
-            best = (distance, backend)
-    return best[1] if best else None
+        claimed = known.claimed_type() if known.name not in usable else None
+        if claimed is not None:
+            candidates.append(((claimed,), known))
+    for types, candidate in candidates:
+        distance = _mro_distance(obj, types)
+        if distance is None and not isinstance(candidate, KnownBackend) and candidate.handles(obj):
+            distance = len(type(obj).__mro__)  # a duck-typed backend: after every typed one
+        if distance is None or (best is not None and distance >= best[0]):
+            continue
+        if isinstance(candidate, KnownBackend) or candidate.handles(obj):
+            best = (distance, candidate)
+    if best is None:
+        return None
+    chosen = best[1]
+    if isinstance(chosen, KnownBackend):
+        broken = _registry._broken.get(chosen.name)
+        state = f"failed to import ({broken})" if broken else "not installed"
+        raise BackendNotInstalledError(
+            f"{type(obj).__qualname__} needs the {chosen.name!r} backend, which is {state}. "
+            f"Install it with: {chosen.install_hint}"
+        )
+    return chosen
 
 
 def backend_for(obj: object) -> Backend:

@@ -1,8 +1,12 @@
-"""Putting payloads into Ray's object store and getting models back out.
+"""Putting payloads into Ray's object store and getting them back, checked.
 
-One Ray object per model. The process that puts it owns it (Ray's ownership model):
-the object lives while that process holds a reference, and loads fail with
-:class:`~ray_zerocopy_core.errors.WeightsUnavailableError` once the owner is gone.
+One Ray object per model, framed by guards for write protection
+(:func:`~ray_zerocopy_core.memory.guard_table`). The process that puts it owns it
+(Ray's ownership model) unless an owner actor is named: the object lives while its
+owner holds a reference, and loads fail with
+:class:`~ray_zerocopy_core.errors.WeightsUnavailableError` once the owner is gone. A
+payload stored by another ray-zerocopy release is refused with
+:class:`~ray_zerocopy_core.errors.FormatVersionError`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from typing import Any
 
 import ray
 
-from ray_zerocopy_core.backend import LoadOptions, ModelPayload
-from ray_zerocopy_core.errors import ObjectStoreCapacityError, WeightsUnavailableError
+from ray_zerocopy_core.errors import (
+    FormatVersionError,
+    InvalidReferenceError,
+    ObjectStoreCapacityError,
+    WeightsUnavailableError,
+)
 from ray_zerocopy_core.memory import guard_table
-from ray_zerocopy_core.registry import get_backend
+from ray_zerocopy_core.plugin import FORMAT_VERSION, RELEASE, ModelPayload
 
 _GIB = 1024**3
 
@@ -57,7 +65,7 @@ def fetch_payload(ref_or_payload: Any) -> ModelPayload:
     if isinstance(ref_or_payload, ModelPayload):
         return ref_or_payload
     if not isinstance(ref_or_payload, ray.ObjectRef):
-        raise TypeError(
+        raise InvalidReferenceError(
             f"Expected a ray-zerocopy model reference (ObjectRef) or its resolved value, got "
             f"{type(ref_or_payload).__qualname__}. Pass what the wrapper or "
             "prepare_model_for_actors() returned."
@@ -75,14 +83,20 @@ def fetch_payload(ref_or_payload: Any) -> ModelPayload:
             f"a long-lived process (the driver, or a detached holder actor) while workers load it. ({exc})"
         ) from exc
     if not isinstance(payload, ModelPayload):
-        raise TypeError(
+        raise InvalidReferenceError(
             f"The ObjectRef does not point to a ray-zerocopy model (it holds a "
             f"{type(payload).__qualname__}). Pass what the wrapper or prepare_model_for_actors() returned."
         )
+    check_versions(payload)
     return payload
 
 
-def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:
-    """Fetch a stored model and rebuild it with the backend that stored it."""
-    payload = fetch_payload(ref_or_payload)
-    return get_backend(payload.backend, locator=payload.backend_locator or None).rebuild(payload, options)
+def check_versions(payload: ModelPayload) -> None:
+    """Raise :class:`FormatVersionError` if ``payload`` was stored by another ray-zerocopy release."""
+    if payload.format_version != FORMAT_VERSION or payload.release != RELEASE:
+        raise FormatVersionError(
+            f"This model was stored by ray-zerocopy {payload.release} (format {payload.format_version}), "
+            f"but this worker runs ray-zerocopy {RELEASE} (format {FORMAT_VERSION}). Install the same "
+            "ray-zerocopy release on the driver and on every worker (e.g. through the runtime_env or "
+            "the cluster image), then wrap the model again."
+        )

@@ -2,8 +2,8 @@
 
 :class:`ModelWrapper` shares a model or pipeline and is used in either mode.
 :class:`TaskWrapper` and :class:`ActorWrapper` are the same engine with the mode fixed.
-The TorchScript faces (``JITModelWrapper``...) in ``ray_zerocopy_jit`` only change the
-defaults; which backend shares each model is always decided by the registry.
+The TorchScript faces (``ray_zerocopy.JITModelWrapper``...) only change the defaults;
+which backend shares each model is always decided by the registry.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from ray_zerocopy_core.backend import LoadOptions
-from ray_zerocopy_core.errors import WrongModeError
+from ray_zerocopy_core.errors import InvalidOptionError, UnknownMethodError, WrongModeError
 from ray_zerocopy_core.modes.actor import load_pipeline
 from ray_zerocopy_core.modes.task import rewrite_for_tasks
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pipeline import SharedPipeline
 
 Mode = Literal["actor", "task"]
@@ -63,12 +63,14 @@ class ModelWrapper:
 
     #: Methods callable through task-mode shims when ``method_names`` is not given.
     default_method_names: ClassVar[tuple[str, ...]] = ("__call__",)
+    #: The one mode a subclass stands for (``None``: either, chosen per wrapper).
+    fixed_mode: ClassVar[Mode | None] = None
 
     def __init__(
         self,
         model_or_pipeline: Any,
         mode: Mode = "actor",
-        model_attr_names: Iterable[str] | None = None,
+        model_attr_names: str | Iterable[str] | None = None,
         method_names: Sequence[str] | None = None,
         device: str | torch.device | None = None,
         use_fast_load: bool = False,
@@ -77,7 +79,7 @@ class ModelWrapper:
         prefault: bool = False,
     ) -> None:
         if mode not in _MODES:
-            raise ValueError(f"mode must be 'actor' or 'task', got {mode!r}.")
+            raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
         if mode == "actor" and (method_names is not None or task_options):
             raise WrongModeError(
                 "method_names and task_options apply to task mode only; use mode='task' "
@@ -98,12 +100,23 @@ class ModelWrapper:
     def from_model(
         cls,
         model_or_pipeline: Any,
-        mode: Mode = "actor",
-        model_attr_names: Iterable[str] | None = None,
+        mode: Mode | None = None,
+        model_attr_names: str | Iterable[str] | None = None,
         method_names: Sequence[str] | None = None,
         **options: Any,
     ) -> ModelWrapper:
-        """Wrap ``model_or_pipeline`` for ``mode`` (see the class for the options)."""
+        """Wrap ``model_or_pipeline`` for ``mode`` (see the class for the options).
+
+        ``mode`` defaults to ``"actor"``, or to the one mode of ``TaskWrapper`` and
+        ``ActorWrapper``, which refuse the other one.
+        """
+        mode = mode or cls.fixed_mode or "actor"
+        if cls.fixed_mode is not None and mode != cls.fixed_mode:
+            other = "TaskWrapper" if mode == "task" else "ActorWrapper"
+            raise WrongModeError(
+                f"{cls.__name__} is for {cls.fixed_mode} mode; for {mode} mode use {other} or "
+                f"ModelWrapper.from_model(..., mode={mode!r})."
+            )
         wrapper = cls.__new__(cls)
         ModelWrapper.__init__(wrapper, model_or_pipeline, mode, model_attr_names, method_names, **options)
         return wrapper
@@ -122,8 +135,8 @@ class ModelWrapper:
 
     @property
     def model_names(self) -> list[str]:
-        """The shared pipeline attributes (``[""]`` for a bare model)."""
-        return list(self._shared.refs)
+        """The shared pipeline attributes (empty for a bare model)."""
+        return [] if self._shared.is_bare_model else list(self._shared.refs)
 
     @property
     def nbytes(self) -> int:
@@ -143,6 +156,8 @@ class ModelWrapper:
             "model_refs": dict(self._shared.refs),
             "device": self._options.device,
             "use_fast_load": self._options.use_fast_load,
+            "writable": self._options.writable,
+            "prefault": self._options.prefault,
         }
 
     def load(
@@ -196,7 +211,7 @@ class ModelWrapper:
             raise AttributeError(name)
         if self.__dict__.get("_mode") == "task":
             return getattr(self.load(), name)
-        raise AttributeError(
+        raise UnknownMethodError(
             f"{type(self).__name__} has no attribute {name!r}. In actor mode, call .load() in "
             "the worker and use the pipeline it returns."
         )
@@ -218,6 +233,8 @@ class TaskWrapper(ModelWrapper):
     through the wrapper, too.
     """
 
+    fixed_mode: ClassVar[Mode | None] = "task"
+
     def __init__(
         self,
         pipeline: Any,
@@ -226,7 +243,8 @@ class TaskWrapper(ModelWrapper):
         use_fast_load: bool = False,
         writable: bool = False,
         task_options: dict[str, Any] | None = None,
-        model_attr_names: Iterable[str] | None = None,
+        model_attr_names: str | Iterable[str] | None = None,
+        prefault: bool = False,
     ) -> None:
         super().__init__(
             pipeline,
@@ -237,16 +255,19 @@ class TaskWrapper(ModelWrapper):
             use_fast_load=use_fast_load,
             writable=writable,
             task_options=task_options,
+            prefault=prefault,
         )
 
 
 class ActorWrapper(ModelWrapper):
     """Actor mode: pass the wrapper to actors and call :meth:`load` in their ``__init__``."""
 
+    fixed_mode: ClassVar[Mode | None] = "actor"
+
     def __init__(
         self,
         pipeline: Any,
-        model_attr_names: Iterable[str] | None = None,
+        model_attr_names: str | Iterable[str] | None = None,
         device: str | torch.device | None = None,
         use_fast_load: bool = False,
         writable: bool = False,

@@ -26,7 +26,7 @@ from importlib import metadata
 from typing import Any
 
 import ray_zerocopy_core
-from ray_zerocopy._jit_import import JIT_NAMES, import_jit
+from ray_zerocopy._jit_import import JIT_NAMES, jit_wrapper
 from ray_zerocopy.legacy import (
     load_model_in_actor,
     load_pipeline_in_actor,
@@ -45,7 +45,7 @@ except metadata.PackageNotFoundError:  # a source tree that is not installed
 def __getattr__(name: str) -> Any:
     """Resolve the TorchScript wrappers lazily, so core works without the jit package."""
     if name in JIT_NAMES:
-        return getattr(import_jit(), name)
+        return jit_wrapper(name)
     raise AttributeError(f"module 'ray_zerocopy' has no attribute {name!r}")
 
 

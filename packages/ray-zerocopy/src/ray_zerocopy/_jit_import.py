@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ray_zerocopy_core.errors import JIT_INSTALL_HINT
+from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendNotInstalledError
 
 #: Names ``ray_zerocopy`` forwards to ``ray_zerocopy_jit``.
 JIT_NAMES = frozenset({"JITModelWrapper", "JITTaskWrapper", "JITActorWrapper"})
@@ -15,7 +15,15 @@ def import_jit() -> ModuleType:
     try:
         import ray_zerocopy_jit
     except ImportError as exc:
-        raise ImportError(
+        raise BackendNotInstalledError(
             f"TorchScript support needs the ray-zerocopy-jit package. Install it with: {JIT_INSTALL_HINT}"
         ) from exc
     return ray_zerocopy_jit
+
+
+def jit_wrapper(name: str) -> type:
+    """The TorchScript wrapper class ``name``, once the jit backend is known to be installed."""
+    import_jit()
+    from ray_zerocopy import _jit_wrappers
+
+    return getattr(_jit_wrappers, name)

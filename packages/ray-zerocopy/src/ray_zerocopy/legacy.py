@@ -24,11 +24,12 @@ from typing import Any
 import ray
 import torch
 
-from ray_zerocopy._jit_import import import_jit
-from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy._jit_import import jit_wrapper
 from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.modes.actor import load_pipeline
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pipeline import SharedPipeline
-from ray_zerocopy_core.store import rebuild_model
+from ray_zerocopy_core.sharing import rebuild_model
 from ray_zerocopy_core.wrappers import ActorWrapper, TaskWrapper
 
 Device = str | torch.device | None
@@ -54,7 +55,7 @@ class Family:
     def _wrapper_class(self, name: str) -> Any:
         """The replacement class called ``name`` (imported on first use for TorchScript)."""
         if self.jit:
-            return getattr(import_jit(), name)
+            return jit_wrapper(name)
         return {"TaskWrapper": TaskWrapper, "ActorWrapper": ActorWrapper}[name]
 
     def _model_function(self, verb: str) -> str:
@@ -95,7 +96,7 @@ class Family:
                 "Use ActorWrapper(model) for eager models."
             )
         wrapper = self._wrapper_class(self.actor_wrapper)(model)
-        if wrapper.model_names != [""]:
+        if wrapper.model_names:
             raise UnsupportedModelError(
                 f"{function}() takes one model, got a pipeline ({type(model).__qualname__}); "
                 f"use {self.actor_wrapper}(pipeline)."
@@ -137,6 +138,8 @@ class Family:
         model_refs: Mapping[str, Any],
         device: Device = None,
         use_fast_load: bool = False,
+        writable: bool = False,
+        prefault: bool = False,
     ) -> Any:
         """Deprecated: use ``ActorWrapper.load()`` (``JITActorWrapper`` for TorchScript).
 
@@ -145,7 +148,8 @@ class Family:
         """
         self._warn("load_pipeline_in_actor", f"{self.actor_wrapper}(pipeline).load()")
         shared = SharedPipeline(pipeline_skeleton, dict(model_refs))
-        return shared.load(LoadOptions(device=device, use_fast_load=use_fast_load))
+        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+        return load_pipeline(shared, options)
 
 
 #: The eager functions (``ray_zerocopy``, ``ray_zerocopy.invoke``, ``ray_zerocopy.actor``).

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_zerocopy._jit_import import JIT_NAMES, import_jit
+from ray_zerocopy._jit_import import JIT_NAMES, jit_wrapper
 from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
 
 
 def __getattr__(name: str) -> Any:
     if name in JIT_NAMES:
-        return getattr(import_jit(), name)
+        return jit_wrapper(name)
     raise AttributeError(f"module 'ray_zerocopy.wrappers' has no attribute {name!r}")
 
 

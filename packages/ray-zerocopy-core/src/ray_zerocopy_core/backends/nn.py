@@ -32,8 +32,8 @@ class NNBackend:
     model_types: ClassVar[tuple[type, ...]] = (nn.Module,)
 
     def handles(self, obj: object) -> bool:
-        """Eager modules; TorchScript modules are left to the ``jit`` backend."""
-        return isinstance(obj, nn.Module) and not isinstance(obj, torch.jit.ScriptModule)
+        """Any ``nn.Module``; the registry's MRO rule gives subclasses with a backend of their own to it."""
+        return isinstance(obj, nn.Module)
 
     def extract(self, model: Any) -> ModelPayload:
         """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""

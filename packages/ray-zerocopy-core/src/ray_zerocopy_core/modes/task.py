@@ -17,9 +17,10 @@ from typing import Any
 
 import ray
 
-from ray_zerocopy_core.backend import LoadOptions
+from ray_zerocopy_core.errors import UnknownMethodError
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pipeline import SharedPipeline
-from ray_zerocopy_core.store import rebuild_model
+from ray_zerocopy_core.sharing import rebuild_model
 
 #: Environment variable that sets how many rebuilt models a worker process keeps.
 CACHE_SIZE_ENV = "RAY_ZEROCOPY_TASK_CACHE_SIZE"
@@ -121,7 +122,7 @@ class RemoteModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "__call__" not in self._method_names:
-            raise AttributeError(self._not_allowed("__call__"))
+            raise UnknownMethodError(self._not_allowed("__call__"))
         return self._run("__call__", *args, **kwargs)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -129,7 +130,7 @@ class RemoteModel:
             raise AttributeError(name)
         if name in self._method_names:
             return functools.partial(self._run, name)
-        raise AttributeError(self._not_allowed(name))
+        raise UnknownMethodError(self._not_allowed(name))
 
     def _not_allowed(self, method: str) -> str:
         return (

@@ -10,7 +10,7 @@ from ray_zerocopy._jit_import import import_jit
 
 import_jit()
 
+from ray_zerocopy._jit_wrappers import JITActorWrapper, JITModelWrapper, JITTaskWrapper  # noqa: E402
 from ray_zerocopy.legacy import jit_rewrite_pipeline as rewrite_pipeline  # noqa: E402
-from ray_zerocopy_jit import JITActorWrapper, JITModelWrapper, JITTaskWrapper  # noqa: E402
 
 __all__ = ["JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "rewrite_pipeline"]

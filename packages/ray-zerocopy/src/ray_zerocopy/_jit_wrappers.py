@@ -1,4 +1,8 @@
-"""TorchScript faces of the core wrappers: same engine, TorchScript defaults."""
+"""TorchScript faces of the core wrappers: same engine, TorchScript defaults.
+
+Reached through ``ray_zerocopy.JIT*Wrapper`` and ``ray_zerocopy.jit``, which first check
+that the jit backend is installed (:func:`ray_zerocopy._jit_import.import_jit`).
+"""
 
 from __future__ import annotations
 

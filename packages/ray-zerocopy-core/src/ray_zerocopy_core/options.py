@@ -1,0 +1,35 @@
+"""Load options: how a stored model is rebuilt in a worker (the bottom floor of core)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a payload is rebuilt.
+
+    Attributes:
+        device: where the rebuilt model goes; ``None`` or ``"cpu"`` keeps it zero-copy
+            on the CPU, anything else costs one host-to-device copy.
+        use_fast_load: skip wrapping parameters in ``nn.Parameter`` (they stay plain
+            tensors); a little faster, for code that never looks at ``.parameters()``
+            types.
+        prefault: right after a zero-copy load, read every weight page in a background
+            thread (``madvise(MADV_POPULATE_READ)``), so the first forward does not pay a
+            page fault per 4 KiB; the load itself returns as fast as without it.
+        writable: give the model a private, writable copy of the weights instead of
+            read-only views of shared memory.
+    """
+
+    device: str | torch.device | None = None
+    use_fast_load: bool = False
+    writable: bool = False
+    prefault: bool = False
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether the rebuilt tensors will alias the stored bytes."""
+        return not self.writable and torch.device(self.device or "cpu").type == "cpu"
