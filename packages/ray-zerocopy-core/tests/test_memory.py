@@ -141,24 +141,15 @@ def assert_explained_segfault(result: subprocess.CompletedProcess[str]) -> None:
     assert result.stderr.count("read-only") == 1 and "load(writable=True)" in result.stderr, result.stderr
 
 
-def test_a_write_stops_the_process_and_names_the_fix() -> None:
+@pytest.mark.parametrize(
+    ("threads", "nbytes"),
+    [(1, 64 * 1024), (4, 256 * 1024**2)],  # the main thread; torch's intra-op worker threads (no GIL)
+)
+def test_a_write_stops_the_process_and_names_the_fix(threads: int, nbytes: int) -> None:
     result = run_script(
-        """
-        table = stored_in_shared_memory(weights_table(64 * 1024))
-        (weight,) = materialize(table, LoadOptions())
-        print("protected", flush=True)
-        weight.add_(1.0)
-        print("not reached", flush=True)
-        """
-    )
-    assert_explained_segfault(result)
-
-
-def test_a_write_from_torch_worker_threads_ends_the_process_with_the_message() -> None:
-    result = run_script(
-        """
-        torch.set_num_threads(4)
-        table = stored_in_shared_memory(weights_table(256 * 1024**2))
+        f"""
+        torch.set_num_threads({threads})
+        table = stored_in_shared_memory(weights_table({nbytes}))
         (weight,) = materialize(table, LoadOptions())
         print("protected", flush=True)
         weight.mul_(2.0)

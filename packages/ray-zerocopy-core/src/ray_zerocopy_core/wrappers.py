@@ -21,6 +21,8 @@ from ray_zerocopy_core.pipeline import SharedPipeline
 
 Mode = Literal["actor", "task"]
 _MODES = ("actor", "task")
+#: ``from_model``'s mode when none is given: the class's own (``None`` stays an error).
+_DEFAULT_MODE: Any = object()
 
 
 class ModelWrapper:
@@ -78,6 +80,19 @@ class ModelWrapper:
         task_options: dict[str, Any] | None = None,
         prefault: bool = False,
     ) -> None:
+        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+        self._share(model_or_pipeline, mode, model_attr_names, method_names, options, task_options)
+
+    def _share(
+        self,
+        model_or_pipeline: Any,
+        mode: str,
+        model_attr_names: str | Iterable[str] | None,
+        method_names: Sequence[str] | None,
+        options: LoadOptions,
+        task_options: dict[str, Any] | None,
+    ) -> None:
+        """Check the mode's arguments and store the models (what every constructor does)."""
         if mode not in _MODES:
             raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
         if mode == "actor" and (method_names is not None or task_options):
@@ -87,9 +102,9 @@ class ModelWrapper:
             )
         if isinstance(method_names, str):
             method_names = (method_names,)
-        self._mode: Mode = mode
+        self._mode: Mode = mode  # type: ignore[assignment]
         self._method_names = tuple(method_names) if method_names else self.default_method_names
-        self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+        self._options = options
         self._task_options = dict(task_options or {})
         self._shared = SharedPipeline.share(
             model_or_pipeline, model_attr_names, self._method_names if mode == "task" else ()
@@ -100,7 +115,7 @@ class ModelWrapper:
     def from_model(
         cls,
         model_or_pipeline: Any,
-        mode: Mode | None = None,
+        mode: Mode = _DEFAULT_MODE,
         model_attr_names: str | Iterable[str] | None = None,
         method_names: Sequence[str] | None = None,
         **options: Any,
@@ -110,7 +125,8 @@ class ModelWrapper:
         ``mode`` defaults to ``"actor"``, or to the one mode of ``TaskWrapper`` and
         ``ActorWrapper``, which refuse the other one.
         """
-        mode = mode or cls.fixed_mode or "actor"
+        if mode is _DEFAULT_MODE:
+            mode = cls.fixed_mode or "actor"
         if cls.fixed_mode is not None and mode != cls.fixed_mode:
             other = "TaskWrapper" if mode == "task" else "ActorWrapper"
             raise WrongModeError(
@@ -246,17 +262,8 @@ class TaskWrapper(ModelWrapper):
         model_attr_names: str | Iterable[str] | None = None,
         prefault: bool = False,
     ) -> None:
-        super().__init__(
-            pipeline,
-            "task",
-            model_attr_names=model_attr_names,
-            method_names=method_names,
-            device=device,
-            use_fast_load=use_fast_load,
-            writable=writable,
-            task_options=task_options,
-            prefault=prefault,
-        )
+        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+        self._share(pipeline, "task", model_attr_names, method_names, options, task_options)
 
 
 class ActorWrapper(ModelWrapper):
@@ -273,12 +280,5 @@ class ActorWrapper(ModelWrapper):
         writable: bool = False,
         prefault: bool = False,
     ) -> None:
-        super().__init__(
-            pipeline,
-            "actor",
-            model_attr_names=model_attr_names,
-            device=device,
-            use_fast_load=use_fast_load,
-            writable=writable,
-            prefault=prefault,
-        )
+        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+        self._share(pipeline, "actor", model_attr_names, None, options, None)

@@ -13,16 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ray_zerocopy_core.plugin import (
-    LoadOptions,
-    ModelPayload,
-    UnsupportedModelError,
-    build_table,
-    finish_model,
-    join_tensors,
-    materialize,
-    split_tensors,
-)
+from ray_zerocopy_core import plugin
 
 
 class NNBackend:
@@ -35,26 +26,26 @@ class NNBackend:
         """Any ``nn.Module``; the registry's MRO rule gives subclasses with a backend of their own to it."""
         return isinstance(obj, nn.Module)
 
-    def extract(self, model: Any) -> ModelPayload:
+    def extract(self, model: Any) -> plugin.ModelPayload:
         """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""
         if isinstance(model, torch.jit.ScriptModule):
-            raise UnsupportedModelError("ScriptModules are shared by the 'jit' backend, not 'nn'.")
+            raise plugin.UnsupportedModelError("ScriptModules are shared by the 'jit' backend, not 'nn'.")
         try:
-            skeleton, tensors = split_tensors(model)
+            skeleton, tensors = plugin.split_tensors(model)
         except Exception as exc:
-            raise UnsupportedModelError(
+            raise plugin.UnsupportedModelError(
                 f"Could not pickle the model {type(model).__qualname__} without its weights: {exc}. "
                 "Models must be picklable (as for ray.put); move unpicklable state "
                 "(open files, locks, compiled functions) out of the module."
             ) from exc
         names = _tensor_names(model, tensors)
-        return ModelPayload(self.name, skeleton, build_table(list(zip(names, tensors))))
+        return plugin.ModelPayload(self.name, skeleton, plugin.build_table(list(zip(names, tensors))))
 
-    def rebuild(self, payload: ModelPayload, options: LoadOptions) -> Any:
+    def rebuild(self, payload: plugin.ModelPayload, options: plugin.LoadOptions) -> Any:
         """Unpickle the skeleton with zero-copy tensors; eval mode, no grad."""
-        tensors = materialize(payload.table, options)
-        model = join_tensors(payload.skeleton, tensors)
-        return finish_model(model, options)
+        tensors = plugin.materialize(payload.table, options)
+        model = plugin.join_tensors(payload.skeleton, tensors)
+        return plugin.finish_model(model, options)
 
 
 def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:
