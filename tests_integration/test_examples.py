@@ -45,6 +45,7 @@ EXPECTED_OUTPUT = {
     "task_mode.py": "ran as Ray tasks",
     "multi_model_pipeline.py": "task mode: same labels",
     "torchscript_task_and_actor.py": "JITActorWrapper: 2 actors agree",
+    "export_actor_pool.py": "3 actors labelled 33 rows from a .pt2",
     "gpu_placement.py": "the actor's model ran on",
     "serve_deployment.py": "8 requests answered",
     "serve_named_models.py": "named-model demo done",
