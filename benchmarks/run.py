@@ -7,6 +7,8 @@ TorchScript ``torch.jit.load``. Figures: load time and load + first forward agai
 model size and actor count, extra memory, driver wrap time and peak memory, task-mode
 latency, a Ray Data actor pool. Writes ``results.md``, ``results.json`` and PNG plots
 to ``--out`` and checks the performance targets of ``docs/design.md`` as ratios.
+
+Named models switched by multiplexed replicas are measured by ``benchmarks/multiplex.py``.
 """
 
 from __future__ import annotations
