@@ -548,10 +548,12 @@ def get_or_publish(
     defaults = LoadOptions(
         device=device, use_fast_load=bool(use_fast_load), writable=bool(writable), prefault=bool(prefault)
     )
+    previous = _kv_get(name)
     target = _holder_for(name, holder)
     for attempt in range(3):
         try:
             _call_holder(target, holder_options, "build", name, loader, names, defaults, True)
+            _moved(name, previous, target)
         except ray.exceptions.RayActorError as exc:
             raise _holder_gone(name, target, exc) from exc
         except BaseException:

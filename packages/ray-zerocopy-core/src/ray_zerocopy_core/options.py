@@ -19,7 +19,7 @@ class LoadOptions:
             types.
         prefault: right after a zero-copy load, read every weight page in a background
             thread (``madvise(MADV_POPULATE_READ)``), so the first forward does not pay a
-            page fault per 4 KiB; the load itself returns as fast as without it.
+            page fault per page (4 KiB on most machines); the load itself returns as fast as without it.
         writable: give the model a private, writable copy of the weights instead of
             read-only views of shared memory.
     """

@@ -73,7 +73,7 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
         except BackendError as exc:
             raise PipelineError(
                 f"Attribute {name!r} of {kind} cannot be shared: {exc} "
-                "model_attr_names must name attributes that hold models (nn.Module or ScriptModule)."
+                "model_attr_names must name attributes that hold models (nn.Module, ScriptModule, ExportedProgram...)."
             ) from exc
     return models
 
@@ -214,9 +214,9 @@ class SharedPipeline:
             models = find_models(obj) if model_attr_names is None else named_models(obj, model_attr_names)
             if not models:
                 raise PipelineError(
-                    f"No model found in {type(obj).__qualname__}: none of its attributes is an "
-                    "nn.Module or ScriptModule. Give the models as attributes, or name them with "
-                    "model_attr_names=[...]."
+                    f"No model found in {type(obj).__qualname__}: none of its attributes is a model "
+                    "a backend can share (nn.Module, ScriptModule, ExportedProgram...). Give the models "
+                    "as attributes, or name them with model_attr_names=[...]."
                 )
             skeleton = copy.copy(obj)
             for name in models:

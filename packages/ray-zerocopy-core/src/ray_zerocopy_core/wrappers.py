@@ -47,7 +47,8 @@ class ModelWrapper:
                 self.model = wrapper.load()
 
     Args:
-        model_or_pipeline: an ``nn.Module`` (or ``ScriptModule`` with the jit package),
+        model_or_pipeline: an ``nn.Module`` (a ``ScriptModule`` with the ``[jit]`` extra, an
+            ``ExportedProgram`` with ``[export]``, or any object an installed backend shares),
             or an object whose attributes are models.
         mode: ``"actor"`` or ``"task"``.
         model_attr_names: the pipeline attributes to share; found automatically if None.

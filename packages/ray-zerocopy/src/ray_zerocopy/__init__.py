@@ -1,8 +1,9 @@
 """ray-zerocopy: share PyTorch models across Ray workers with one copy of the weights per node.
 
 This package re-exports the API of ``ray_zerocopy_core`` and, when installed with the
-``jit`` extra, the TorchScript wrappers of ``ray_zerocopy_jit``. It also keeps the
-deprecated functions of earlier versions (:mod:`ray_zerocopy.legacy`).
+``jit`` extra, the TorchScript wrappers (``JIT*Wrapper``, defined in
+``ray_zerocopy._jit_wrappers``). It also keeps the deprecated functions of earlier
+versions (:mod:`ray_zerocopy.legacy`).
 
 Example::
 

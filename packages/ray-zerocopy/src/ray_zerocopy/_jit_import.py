@@ -6,12 +6,12 @@ from types import ModuleType
 
 from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendNotInstalledError
 
-#: Names ``ray_zerocopy`` forwards to ``ray_zerocopy_jit``.
+#: The TorchScript wrapper names ``ray_zerocopy`` resolves lazily, once the jit package is found.
 JIT_NAMES = frozenset({"JITModelWrapper", "JITTaskWrapper", "JITActorWrapper"})
 
 
 def import_jit() -> ModuleType:
-    """Return ``ray_zerocopy_jit``, or raise ImportError naming the install command."""
+    """Return ``ray_zerocopy_jit``, or raise ``BackendNotInstalledError`` (an ImportError) naming the fix."""
     try:
         import ray_zerocopy_jit
     except ImportError as exc:

@@ -1,9 +1,9 @@
 """TorchScript support (needs ``pip install 'ray-zerocopy[jit]'``).
 
-Re-exports the TorchScript wrappers of ``ray_zerocopy_jit`` and the legacy
-``rewrite_pipeline`` for ScriptModules (defined in :mod:`ray_zerocopy.legacy`).
-Importing this without the jit package raises an ImportError that names the install
-command.
+Re-exports the TorchScript wrappers (defined in ``ray_zerocopy._jit_wrappers``) and the
+legacy ``rewrite_pipeline`` for ScriptModules (defined in :mod:`ray_zerocopy.legacy`).
+Importing this without the jit package raises ``BackendNotInstalledError`` (an
+ImportError) that names the install command.
 """
 
 from ray_zerocopy._jit_import import import_jit
