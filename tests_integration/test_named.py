@@ -110,6 +110,10 @@ class User:
     def drop(self) -> None:
         self.model = None
 
+    def write_in_place(self) -> None:
+        with torch.no_grad():
+            next(self.model.parameters()).add_(1)
+
 
 @pytest.fixture
 def cleanup() -> Iterator[list[str]]:
@@ -188,6 +192,19 @@ def test_published_model_outlives_its_driver_and_loads_anywhere(tmp_path: Path, 
     assert torch.equal(local(INPUT), expected)
     for user in users:
         ray.kill(user)
+
+
+def test_loads_by_name_are_write_protected(cleanup: list[str]) -> None:
+    cleanup.append("protected")
+    publish("protected", make_model(4, seed=9))  # caller path: the holder re-stored the bytes
+    writer, bystander = User.remote(), User.remote()
+    assert ray.get([writer.load.remote("protected"), bystander.load.remote("protected")]) == [True, True]
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(writer.write_in_place.remote(), timeout=120)  # stopped before a byte changed
+    expected = expected_output(4, seed=9)
+    assert torch.equal(ray.get(bystander.predict.remote(INPUT)), expected)
+    assert torch.equal(load_published("protected")(INPUT), expected)
+    ray.kill(bystander)
 
 
 def test_one_copy_after_publish_and_the_holder_keeps_no_private_copy(cleanup: list[str]) -> None:
