@@ -7,6 +7,7 @@ Object-store usage is read from the raylet's store statistics, as in ``test_faul
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def cleanup() -> Iterator[list[str]]:
     yield names
     for name in names:
         unpublish(name, missing_ok=True)
+    gc.collect()  # a test's frame may be kept in a cycle (pytest.raises) with a loaded model in it
     wait_for_store(lambda used: used <= before + MIB, timeout=30)
 
 
