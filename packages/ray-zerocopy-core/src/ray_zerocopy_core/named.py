@@ -69,6 +69,7 @@ _KV_NAMESPACE = "ray_zerocopy_named"
 _CALL_TIMEOUT_S = 60.0
 _CLOSING = "__ray_zerocopy_holder_closing__"
 _RETRY_S = 30.0
+_START_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,15 @@ def _create_holder(holder: str, holder_options: dict[str, Any] | None) -> Any:
         "get_if_exists": True,
     }
     handle = _Holder.options(**options).remote(holder)
-    ray.get(handle.ready.remote())
+    try:
+        ray.get(handle.ready.remote(), timeout=_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"The ray-zerocopy holder actor {_actor_name(holder)!r} did not start within "
+            f"{_START_TIMEOUT_S:.0f} s. The cluster may lack what holder_options asks for "
+            f"({holder_options or 'nothing beyond the defaults'}); check `ray status`, or pass "
+            "holder_options that some node can satisfy."
+        ) from None
     return handle
 
 
