@@ -283,3 +283,18 @@ def test_modules_of_output_types_are_recorded_for_the_worker() -> None:
     out = round_trip(program)(x)
     assert isinstance(out, Scores) and torch.equal(out.logits, program.module()(x).logits)
     assert pytree_modules(export_tower()) == []
+
+
+def test_garbage_collector_is_restored(program: ExportedProgram) -> None:
+    import gc
+
+    assert gc.isenabled()
+    rebuilt = round_trip(program)
+    rebuilt.module()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        round_trip(program).module()
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
