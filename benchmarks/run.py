@@ -26,7 +26,7 @@ from typing import Any
 import ray
 from benchkit.cluster import machine_info, start_ray
 from benchkit.memory import memcpy_seconds
-from benchkit.methods import EAGER_METHODS, JIT_METHODS, METHODS
+from benchkit.methods import EAGER_METHODS, EXPORT_METHODS, JIT_METHODS, METHODS
 from benchkit.models import ModelSpec, build_model, tensor_count, weight_bytes
 from benchkit.probe import LoadPoint, failed_point, measure_in_subprocess, measure_load, reference_output
 from benchkit.targets import render_results
@@ -134,7 +134,7 @@ class Runner:
             self._expected = reference_output(self._model)
             self._spec = spec
             self.models[spec.label] = {"weight_bytes": weight_bytes(self._model), "tensors": tensor_count(self._model)}
-            if not spec.scripted and not spec.tied and spec.dtype == "float32":
+            if not spec.scripted and not spec.exported and not spec.tied and spec.dtype == "float32":
                 self.memcpy[spec.size_mib] = memcpy_seconds(self._model)
         return self._model, self._expected
 
@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress()
     eager = [m for m in args.methods if m in EAGER_METHODS]
     jit = [m for m in args.methods if m in JIT_METHODS]
+    exported = [m for m in args.methods if m in EXPORT_METHODS]
     results: dict[str, Any] = {"machine": machine_info(), "args": {k: v for k, v in vars(args).items() if k != "out"}}
     results["args"]["out"] = str(args.out)
     store_mib = 2 * max([*args.size, args.sweep_size]) + 512
@@ -203,6 +204,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in jit:
                     why = unavailable if name == "jit_zerocopy" else None
                     points.append({"figure": "jit", **runner.point(name, spec, args.load_actors, why).to_dict()})
+
+            if exported:
+                progress(f"figure 4b: torch.export at {args.sweep_size} MiB")
+                spec = ModelSpec(args.sweep_size, exported=True)
+                for name in exported:
+                    points.append({"figure": "export", **runner.point(name, spec, args.load_actors).to_dict()})
             results["points"] = points
 
             if not args.skip_task and "zerocopy" in args.methods:

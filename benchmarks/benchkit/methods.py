@@ -36,6 +36,8 @@ class Method:
         cleanup: frees what ``prepare`` made (files, object refs).
         env: environment the driver step needs *before* ``import ray``; such a method
             runs in a subprocess driver connected to the same cluster.
+        exported: whether it takes the ``torch.export`` variant of the model (an
+            ExportedProgram); its worker step returns ``program.module()``, ready to call.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Method:
     load: Callable[[Any, ModelSpec], nn.Module]
     cleanup: Callable[[Any], None]
     env: tuple[tuple[str, str], ...] = ()
+    exported: bool = False
 
 
 def _no_cleanup(handle: Any) -> None:
@@ -150,6 +153,23 @@ def _jit_load(handle: Any, spec: ModelSpec) -> nn.Module:
     return torch.jit.load(handle, map_location="cpu")
 
 
+# --- torch.export ---------------------------------------------------------------------------
+
+
+def _export_zerocopy_load(handle: Any, spec: ModelSpec) -> nn.Module:
+    return handle.load().module()  # the program's weights alias the object store; module() copies none
+
+
+def _export_save(model: Any, spec: ModelSpec, workdir: Path) -> str:
+    path = workdir / f"exported_{os.getpid()}_{spec.size_mib}.pt2"
+    torch.export.save(model, path)
+    return str(path)
+
+
+def _export_load(handle: Any, spec: ModelSpec) -> nn.Module:
+    return torch.export.load(handle).module()
+
+
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
@@ -182,10 +202,29 @@ METHODS: dict[str, Method] = {
             _zerocopy_cleanup,
         ),
         Method("jit_load", "torch.jit.load from disk", True, _jit_save, _jit_load, _remove_file),
+        Method(
+            "export_zerocopy",
+            "ray-zerocopy export backend (actor mode)",
+            False,
+            _zerocopy_prepare,
+            _export_zerocopy_load,
+            _zerocopy_cleanup,
+            exported=True,
+        ),
+        Method(
+            "export_load",
+            "torch.export.load from disk",
+            False,
+            _export_save,
+            _export_load,
+            _remove_file,
+            exported=True,
+        ),
     )
 }
 
-EAGER_METHODS = [name for name, method in METHODS.items() if not method.scripted]
+EAGER_METHODS = [name for name, method in METHODS.items() if not method.scripted and not method.exported]
 JIT_METHODS = [name for name, method in METHODS.items() if method.scripted]
+EXPORT_METHODS = [name for name, method in METHODS.items() if method.exported]
 #: The alternatives that share one copy; the targets compare ray-zerocopy with the best.
 ZERO_COPY_ALTERNATIVES = ("ray_zero_copy_env", "safetensors_shm")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,12 +25,13 @@ INPUT_SHAPE = (1, 4)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: weight size in MiB, dtype name, tied head, TorchScript."""
+    """What to build: weight size in MiB, dtype name, tied head, TorchScript, torch.export."""
 
     size_mib: int
     dtype: str = "float32"
     tied: bool = False
     scripted: bool = False
+    exported: bool = False
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -40,6 +42,7 @@ class ModelSpec:
     def label(self) -> str:
         """Short human label, e.g. ``256 MiB float32 tied``."""
         extras = [self.dtype] + (["tied"] if self.tied else []) + (["TorchScript"] if self.scripted else [])
+        extras += ["torch.export"] if self.exported else []
         return f"{self.size_mib} MiB " + " ".join(extras)
 
     def to_dict(self) -> dict[str, object]:
@@ -131,6 +134,8 @@ def build_model(spec: ModelSpec, seed: int = 0) -> nn.Module:
     model.eval().requires_grad_(False)
     if spec.scripted:
         return trace(model)
+    if spec.exported:
+        return export(model)
     return model
 
 
@@ -140,23 +145,36 @@ def trace(model: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.trace(model, make_input())
 
 
+def export(model: nn.Module) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on :func:`make_input`."""
+    with torch.no_grad():
+        return torch.export.export(model, (make_input(),))
+
+
 def make_input() -> torch.Tensor:
     """The fixed input of every first forward."""
     return torch.arange(INPUT_SHAPE[0] * INPUT_SHAPE[1]).reshape(INPUT_SHAPE) % VOCAB
 
 
-def weight_bytes(model: nn.Module) -> int:
+def model_tensors(model: Any) -> list[torch.Tensor]:
+    """Parameters and buffers of a module; state dict and constants of an ExportedProgram."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return [*model.state_dict.values(), *model.constants.values()]
+    return list(model.parameters()) + list(model.buffers())
+
+
+def weight_bytes(model: Any) -> int:
     """Bytes of distinct tensor storage in ``model`` (tied weights counted once)."""
     seen: dict[int, int] = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in model_tensors(model):
         storage = tensor.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
 
-def tensor_count(model: nn.Module) -> int:
+def tensor_count(model: Any) -> int:
     """Number of distinct parameter and buffer tensors."""
-    return len({id(t) for t in list(model.parameters()) + list(model.buffers())})
+    return len({id(t) for t in model_tensors(model)})
 
 
 def state_dict_for_files(model: nn.Module) -> dict[str, torch.Tensor]:

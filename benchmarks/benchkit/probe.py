@@ -41,6 +41,7 @@ from benchkit.models import (
     ModelSpec,
     TransformerLike,
     blank_model,
+    export,
     make_input,
     spec_from_dict,
     trace,
@@ -130,22 +131,30 @@ def warm_up(spec: ModelSpec) -> None:
             tiny = trace(tiny)
             tiny(make_input())
         tiny(make_input())
+    if spec.exported:  # the torch.export (de)serializer's imports and first-use costs
+        exported = io.BytesIO()
+        torch.export.save(export(TransformerLike(16).eval()), exported)
+        exported.seek(0)
+        with torch.no_grad():
+            torch.export.load(exported).module()(make_input())
     blank_model(ModelSpec(1, spec.dtype, spec.tied)).to_empty(device="cpu")
     buffer = io.BytesIO()
     torch.save(tiny.state_dict(), buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
-    for module in ("ray_zerocopy_core", "ray_zerocopy_jit", "safetensors.torch"):
+    for module in ("ray_zerocopy_core", "ray_zerocopy_jit", "ray_zerocopy_export", "safetensors.torch"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
 
 
-def reference_output(model: torch.nn.Module) -> torch.Tensor:
+def reference_output(model: Any) -> torch.Tensor:
     """The model's output on the fixed input, computed with one thread like the actors."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
+            if isinstance(model, torch.export.ExportedProgram):
+                return model.module()(make_input())
             return model(make_input())
     finally:
         torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchkit.methods import METHODS, ZERO_COPY_ALTERNATIVES
+from benchkit.methods import EAGER_METHODS, METHODS, ZERO_COPY_ALTERNATIVES
 from benchkit.report import median_max, mib, plot_lines, seconds, table
 
 Point = dict[str, Any]
@@ -80,7 +80,8 @@ def _loaded_ratio(point: Point) -> float:
 
 def _base_points(points: list[Point]) -> list[Point]:
     """Untied float32 eager points (size and actor sweeps)."""
-    return [p for p in points if p["spec"] == {**p["spec"], "dtype": "float32", "tied": False, "scripted": False}]
+    base = {"dtype": "float32", "tied": False, "scripted": False}
+    return [p for p in points if p["spec"] == {**p["spec"], **base} and not p["spec"].get("exported")]
 
 
 def _label(name: str) -> str:
@@ -346,6 +347,35 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
                 [f"TorchScript {size} MiB, {p['actors']} actors: load <= 20 ms", seconds(load), verdict(load <= 0.02)]
             )
             rows.append(["TorchScript: memory <= 1.05 x", f"{_ratio(p):.3f}", verdict(_ratio(p) <= 1.05)])
+    rows += export_target_rows(points)
+    return rows
+
+
+def export_target_rows(points: list[Point]) -> list[list[str]]:
+    """torch.export targets: load + first forward <= 0.1 x torch.export.load, memory <= 1.05 x."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    ours = _one(points, figure="export", method="export_zerocopy")
+    baseline = _one(points, figure="export", method="export_load")
+    rows: list[list[str]] = []
+    if ours is None:
+        return rows
+    where = f"torch.export {ours['spec']['size_mib']} MiB, {ours['actors']} actors"
+    ours_lf = statistics.median(ours["load_forward_s"])
+    if baseline is not None:
+        base_lf = statistics.median(baseline["load_forward_s"])
+        rows.append(
+            [
+                f"{where}: load + first forward <= 0.1 x torch.export.load",
+                f"{seconds(ours_lf)} vs {seconds(base_lf)} = {ours_lf / base_lf:.3f} x",
+                verdict(ours_lf <= 0.1 * base_lf),
+            ]
+        )
+    rows.append(
+        [f"{where}: memory <= 1.05 x after first forward", f"{_ratio(ours):.3f}", verdict(_ratio(ours) <= 1.05)]
+    )
     return rows
 
 
@@ -367,7 +397,7 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
     """All tables as markdown; writes the plots into ``out``."""
     args = results["args"]
     points = results.get("points", [])
-    methods = [m for m in args["methods"] if not METHODS[m].scripted]
+    methods = [m for m in args["methods"] if m in EAGER_METHODS]
     sections = [
         "## Machine\n\n" + machine_lines(results["machine"], results.get("elapsed_s")),
         "## Targets (docs/design.md, as ratios in this run)\n\n"
@@ -395,6 +425,9 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
     jit = [p for p in points if p["figure"] == "jit"]
     if jit:
         sections.append("## TorchScript (traced)\n\n" + table(POINT_HEADERS, point_rows(jit)))
+    exported = [p for p in points if p["figure"] == "export"]
+    if exported:
+        sections.append("## torch.export (ExportedProgram)\n\n" + table(POINT_HEADERS, point_rows(exported)))
     checks = _select(points, figure="size") + _select(points, figure="actors")
     if checks:
         sections.append(
@@ -416,7 +449,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
     """load_vs_size, load_forward_vs_size, memory_vs_actors, load_vs_actors (PNG); their names."""
     args = results["args"]
     base = [p for p in _base_points(results.get("points", [])) if not p.get("error")]
-    methods = [m for m in args["methods"] if not METHODS[m].scripted]
+    methods = [m for m in args["methods"] if m in EAGER_METHODS]
     by_size = [p for p in base if p["actors"] == args["load_actors"]]
     by_actors = [p for p in base if p["spec"]["size_mib"] == args["sweep_size"]]
     figures = (
