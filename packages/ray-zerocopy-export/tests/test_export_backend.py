@@ -298,3 +298,14 @@ def test_garbage_collector_is_restored(program: ExportedProgram) -> None:
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch's own, from deep-copying a treespec
+def test_rebuilt_program_copies_and_rewraps_like_any_program(program: ExportedProgram) -> None:
+    import copy
+
+    rebuilt = round_trip(program)
+    rebuilt(X)  # builds the cached module
+    for clone in (copy.copy(rebuilt), copy.deepcopy(rebuilt)):
+        assert torch.equal(clone(X), program.module()(X))
+    assert torch.equal(round_trip(rebuilt)(X), program.module()(X))  # a loaded program can be wrapped again

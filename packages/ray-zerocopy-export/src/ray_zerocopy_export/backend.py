@@ -351,6 +351,11 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: Serializes the first ``cached_module()`` call of any program (a module-level lock keeps
+#: the programs themselves copyable with ``copy.deepcopy``).
+_MODULE_LOCK = threading.Lock()
+
+
 class ZeroCopyExportedProgram(ExportedProgram):
     """An :class:`~torch.export.ExportedProgram` rebuilt around object-store weights.
 
@@ -362,7 +367,6 @@ class ZeroCopyExportedProgram(ExportedProgram):
     """
 
     _zerocopy_module: nn.Module | None
-    _zerocopy_lock: threading.Lock
 
     def module(self, check_guards: bool = True) -> Any:
         """``ExportedProgram.module()``, built with the garbage collector paused (see :func:`gc_paused`).
@@ -380,7 +384,7 @@ class ZeroCopyExportedProgram(ExportedProgram):
         """``self.module()``, built on first use and reused: its tensors alias this program's."""
         module = self.__dict__.get("_zerocopy_module")
         if module is None:
-            with self.__dict__["_zerocopy_lock"]:
+            with _MODULE_LOCK:
                 module = self.__dict__.get("_zerocopy_module")
                 if module is None:
                     module = self.module()
@@ -392,7 +396,6 @@ class ZeroCopyExportedProgram(ExportedProgram):
         """Turn ``program`` (a freshly deserialized ExportedProgram) into this class, in place."""
         program.__class__ = cls
         program.__dict__["_zerocopy_module"] = None
-        program.__dict__["_zerocopy_lock"] = threading.Lock()
         return program  # type: ignore[return-value]
 
 
