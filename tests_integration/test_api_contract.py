@@ -55,6 +55,8 @@ def test_task_wrapper_takes_prefault() -> None:
 
 
 def test_constructor_kwargs_carry_every_load_option() -> None:
+    plain = ActorWrapper(EncoderDecoder()).constructor_kwargs  # what constructors of earlier versions take
+    assert set(plain) == {"pipeline_skeleton", "model_refs", "device", "use_fast_load"}
     wrapper = ActorWrapper(EncoderDecoder(), writable=True, prefault=True, use_fast_load=True)
     kwargs = wrapper.constructor_kwargs
     assert kwargs["writable"] and kwargs["prefault"] and kwargs["use_fast_load"]

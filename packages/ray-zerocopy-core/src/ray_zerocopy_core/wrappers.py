@@ -164,18 +164,22 @@ class ModelWrapper:
     def constructor_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for an actor constructor (e.g. Ray Data ``fn_constructor_kwargs``).
 
-        They match :func:`ray_zerocopy.load_pipeline_in_actor`'s parameters; most code
-        passes the wrapper itself instead and calls :meth:`load`.
+        They match :func:`ray_zerocopy.load_pipeline_in_actor`'s parameters: always
+        ``pipeline_skeleton``, ``model_refs``, ``device`` and ``use_fast_load`` (the four
+        constructors written for earlier versions take), plus ``writable`` and
+        ``prefault`` when the wrapper sets them, so that a constructor which cannot take
+        them fails loudly instead of silently loading shared, read-only weights. Most
+        code passes the wrapper itself instead and calls :meth:`load`.
         """
         self._shared.check_available()
-        return {
+        kwargs = {
             "pipeline_skeleton": self._shared.skeleton,
             "model_refs": dict(self._shared.refs),
             "device": self._options.device,
             "use_fast_load": self._options.use_fast_load,
-            "writable": self._options.writable,
-            "prefault": self._options.prefault,
         }
+        kwargs.update({name: True for name in ("writable", "prefault") if getattr(self._options, name)})
+        return kwargs
 
     def load(
         self,
