@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from ray_zerocopy_export.backend import ExportBackend
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ray_zerocopy_core.plugin import LoadOptions, ModelPayload
+from ray_zerocopy_export.backend import ExportBackend
 
 VOCAB = 50
 DIM = 16

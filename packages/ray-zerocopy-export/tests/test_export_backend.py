@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import ray_zerocopy_export.backend as backend_module
 import torch
 from export_models import DIM, Mlp, Tower, export_mlp, export_tower, payload_of, round_trip, tokens, trained_tower
-from ray_zerocopy_export import ExportBackend, ZeroCopyExportedProgram
-from ray_zerocopy_export.backend import ProgramSkeleton, find_slots, pytree_modules
 from torch import nn
 from torch.export import ExportedProgram
 
+import ray_zerocopy_export.backend as backend_module
 from ray_zerocopy_core.plugin import Backend, LoadOptions, UnsupportedModelError
 from ray_zerocopy_core.registry import backend_for, backend_names
+from ray_zerocopy_export import ExportBackend, ZeroCopyExportedProgram
+from ray_zerocopy_export.backend import ProgramSkeleton, find_slots, pytree_modules
 
 X = tokens()
 
