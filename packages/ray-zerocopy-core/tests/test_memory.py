@@ -59,13 +59,18 @@ def writable(address: int) -> bool:
     raise AssertionError(f"{address:#x} is not mapped")
 
 
-def test_every_weight_byte_is_on_a_read_only_page_of_its_own_object() -> None:
-    table = stored_in_shared_memory(weights_table(300_000))
+@pytest.mark.parametrize("page_size", [mmap.PAGESIZE, 64 * 1024])  # this system's; aarch64 kernels with 64 KiB pages
+def test_every_weight_byte_is_on_a_read_only_page_of_its_own_object(
+    page_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "PAGE_SIZE", page_size)
+    table = stored_in_shared_memory(weights_table(300_000), first_offset=64 + 8 * 4096)
     (weight,) = materialize(table, LoadOptions())
     ((start, end),) = memory.protected_ranges()
     first, last = weight.data_ptr(), weight.data_ptr() + weight.nbytes
     assert start <= first and last <= end
     assert table.buffers[0].ctypes.data <= start and end <= table.buffers[-1].ctypes.data + memory.GUARD_BYTES
+    assert start % page_size == 0 and end % page_size == 0
     assert not writable(first) and not writable(last - 1)
     del weight
     gc.collect()
