@@ -139,7 +139,9 @@ def measure(
     replica_base = ray.get([r.private_memory.remote() for r in replicas])
     store_base = object_store_bytes_used()
     if method == "named":
-        progress(f"  publishing {n_models} models of {size_mib} MiB (built in their holder actors)")
+        progress(
+            f"  publishing {n_models} models of {size_mib} MiB (built by their loaders, owned by one holder actor)"
+        )
         publish_models(model_ids, size_mib)
     switch_s: list[float] = []
     forward_s: list[float] = []
@@ -151,7 +153,9 @@ def measure(
                 switch_s.append(load)
                 forward_s.append(forward)
         progress(f"  round {round_index + 1}: median switch {statistics.median(switch_s) * 1e3:.1f} ms so far")
-    replica_growth = sum(ray.get([r.private_memory.remote() for r in replicas])) - sum(replica_base)
+    after = ray.get([r.private_memory.remote() for r in replicas])
+    # Conservative: a replica whose private memory shrank (its start-up heap trimmed) counts 0, not less.
+    replica_growth = sum(max(0, end - start) for start, end in zip(replica_base, after))
     store_growth = object_store_bytes_used() - store_base
     holders = 0
     weights = n_models * size_mib * MIB

@@ -23,11 +23,14 @@ How it works. A *holder* is a detached actor (``num_cpus=0``, in the Ray namespa
 the models published to it. By default every name goes to one shared holder
 (:data:`DEFAULT_HOLDER`), so a node pays for one extra process however many models it
 publishes; ``holder="..."`` puts a model in a holder of its own, which then lives and
-dies independently. Given a model, the caller stores it and the holder copies each
-stored object into one it owns (shared memory to shared memory: Ray 2.56 and later
-cannot hand an object's ownership to another process), then the caller's object is
-freed. Given a loader, the holder builds the model, stores it and drops its own
-tensors. Either way the node then holds one copy.
+dies independently. A holder never imports torch nor touches a model (see
+:mod:`ray_zerocopy_core._holder`): the objects it owns are written by short Ray tasks it
+starts, whose return values Ray makes the holder own. Given a model, the caller stores
+it and a task copies each stored object, store to store, into a return object of the
+holder's (Ray 2.56 and later cannot hand an object's ownership to another process);
+the caller's copy is then freed. Given a loader, the task builds the model, stores it
+and streams the stored objects back the same way. Either way the node then holds one
+copy.
 
 Each name also has a small record in Ray's GCS key-value store (its holder, version,
 size and backends), so that a load can tell a name that was never published from one
@@ -37,13 +40,10 @@ whose holder died.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
+import functools
 import inspect
-import json
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +51,8 @@ import ray
 import torch
 from ray import cloudpickle
 
+from ray_zerocopy_core import _holder
 from ray_zerocopy_core.errors import ModelNotPublishedError, WeightsUnavailableError
-from ray_zerocopy_core.inspection import private_memory_bytes
 from ray_zerocopy_core.modes.actor import load_pipeline
 from ray_zerocopy_core.pipeline import SharedPipeline, find_model_attrs
 from ray_zerocopy_core.plugin import LoadOptions
@@ -60,14 +60,14 @@ from ray_zerocopy_core.registry import backend_for, find_backend
 
 #: The Ray namespace of the holder actors: names are cluster-wide, whatever namespace
 #: the calling job runs in.
-NAMESPACE = "ray_zerocopy_named"
+NAMESPACE = _holder.NAMESPACE
 
 #: The holder that models go to unless ``holder=`` names another.
 DEFAULT_HOLDER = "default"
 
-_KV_NAMESPACE = "ray_zerocopy_named"
+_KV_NAMESPACE = _holder.NAMESPACE
 _CALL_TIMEOUT_S = 60.0
-_CLOSING = "__ray_zerocopy_holder_closing__"
+_CLOSING = _holder.CLOSING
 _RETRY_S = 30.0
 _START_TIMEOUT_S = 300.0
 
@@ -100,54 +100,6 @@ class PublishedModel:
         return f"{self.name!r} (v{self.version}, {self.nbytes / 1024**2:.1f} MiB, {kinds})"
 
 
-@dataclass
-class _Record:
-    """What a holder keeps per name and hands to loaders: the pipeline skeleton, the refs."""
-
-    skeleton: bytes
-    refs: dict[str, ray.ObjectRef]
-    nbytes: dict[str, int]
-    options: LoadOptions
-    info: PublishedModel
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc), so dropped tensors leave the process."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# --- the name records in the GCS key-value store ---------------------------------------
-
-
-def _kv_put(info: PublishedModel) -> None:
-    from ray.experimental import internal_kv
-
-    value = json.dumps({"holder": info.holder, "version": info.version})
-    internal_kv._internal_kv_put(info.name, value, overwrite=True, namespace=_KV_NAMESPACE)
-
-
-def _kv_get(name: str) -> dict[str, Any] | None:
-    from ray.experimental import internal_kv
-
-    value = internal_kv._internal_kv_get(name, namespace=_KV_NAMESPACE)
-    return None if value is None else dict(json.loads(value))
-
-
-def _kv_delete(name: str) -> None:
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_del(name, namespace=_KV_NAMESPACE)
-
-
-def _kv_names() -> list[str]:
-    from ray.experimental import internal_kv
-
-    keys = internal_kv._internal_kv_list("", namespace=_KV_NAMESPACE)
-    return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
-
-
 def _backend_names(obj: Any, model_attr_names: Iterable[str] | None) -> dict[str, str]:
     if model_attr_names is None and find_backend(obj) is not None:
         return {"": backend_for(obj).name}
@@ -155,159 +107,46 @@ def _backend_names(obj: Any, model_attr_names: Iterable[str] | None) -> dict[str
     return {attr: backend_for(getattr(obj, attr)).name for attr in names}
 
 
-# --- the holder actor --------------------------------------------------------------------
+def _meta(shared: SharedPipeline, backends: dict[str, str]) -> dict[str, Any]:
+    """What a holder keeps besides the refs: plain data, so it never needs torch to read it."""
+    return {
+        "attrs": list(shared.refs),
+        "skeleton": cloudpickle.dumps(shared.skeleton),
+        "nbytes": dict(shared.nbytes),
+        "backends": backends,
+    }
 
 
-class _ModelHolder:
-    """A detached actor that owns the stored models of the names published to it.
+def _build_stream(loader: Callable[[], Any], model_attr_names: list[str] | None) -> Iterator[Any]:
+    """Runs in a task the holder submits: build, store, then stream the metadata and each stored value.
 
-    Methods run in threads; one lock per name makes a name's builds and installs run
-    one at a time (so a loader runs once however many callers race), while other
-    names proceed. Once its last name is released the holder *closes*: it refuses new
-    work (callers retry with a fresh holder) and the caller kills it.
+    The task's streamed return objects are owned by the holder. The task's own stored
+    copy (from ``SharedPipeline.share``) is released when it ends.
     """
-
-    def __init__(self, holder: str) -> None:
-        self._holder = holder
-        self._records: dict[str, _Record] = {}
-        self._versions: dict[str, int] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-        self._busy = 0
-        self._closing = False
-
-    def ready(self) -> bool:
-        return True
-
-    def _enter(self, name: str) -> threading.Lock | None:
-        with self._guard:
-            if self._closing:
-                return None
-            self._busy += 1
-            return self._locks.setdefault(name, threading.Lock())
-
-    def _leave(self) -> None:
-        with self._guard:
-            self._busy -= 1
-
-    def _install(
-        self,
-        name: str,
-        skeleton: bytes,
-        refs: dict[str, ray.ObjectRef],
-        nbytes: dict[str, int],
-        options: LoadOptions,
-        backends: dict[str, str],
-        built_by: str,
-    ) -> PublishedModel:
-        known = _kv_get(name)
-        version = max(self._versions.get(name, 0), int(known["version"]) if known else 0) + 1
-        self._versions[name] = version
-        info = PublishedModel(
-            name=name,
-            version=version,
-            nbytes=sum(nbytes.values()),
-            backends=dict(backends),
-            holder=self._holder,
-            built_by=built_by,
-            published_at=time.time(),
-        )
-        # Replacing the record drops this holder's refs to the previous version: Ray frees
-        # it once the workers that loaded it drop their models.
-        self._records[name] = _Record(skeleton, dict(refs), dict(nbytes), options, info)
-        _kv_put(info)
-        return info
-
-    def install(
-        self,
-        name: str,
-        skeleton: bytes,
-        refs: dict[str, ray.ObjectRef],
-        nbytes: dict[str, int],
-        options: LoadOptions,
-        backends: dict[str, str],
-    ) -> PublishedModel | str:
-        """Take over a model the caller stored: copy each object into one this actor owns.
-
-        ``ray.get`` maps the caller's bytes (no private copy here) and ``ray.put`` copies
-        them, shared memory to shared memory, into an object owned by this actor. The
-        caller's object is freed when the caller drops its references.
-        """
-        lock = self._enter(name)
-        if lock is None:
-            return _CLOSING
-        try:
-            with lock:
-                owned = {}
-                for attr, ref in refs.items():
-                    value = ray.get(ref)
-                    owned[attr] = ray.put(value)
-                    del value
-                return self._install(name, skeleton, owned, nbytes, options, backends, "caller")
-        finally:
-            self._leave()
-
-    def build(
-        self,
-        name: str,
-        loader: Callable[[], Any],
-        model_attr_names: list[str] | None,
-        options: LoadOptions,
-        only_if_missing: bool,
-    ) -> PublishedModel | str:
-        """Run ``loader`` here, store what it returns, keep only the stored copy."""
-        lock = self._enter(name)
-        if lock is None:
-            return _CLOSING
-        try:
-            with lock:
-                existing = self._records.get(name)
-                if only_if_missing and existing is not None:
-                    return existing.info
-                model = loader()
-                shared = SharedPipeline.share(model, model_attr_names)
-                backends = _backend_names(model, model_attr_names)
-                del model
-                skeleton = cloudpickle.dumps(shared.skeleton)
-                info = self._install(name, skeleton, shared.refs, shared.nbytes, options, backends, "loader")
-                del shared
-                return info
-        finally:
-            self._leave()
-            _trim_heap()
-
-    def record(self, name: str) -> _Record | None:
-        return self._records.get(name)
-
-    def infos(self) -> list[PublishedModel]:
-        return [record.info for record in list(self._records.values())]
-
-    def private_memory(self) -> int:
-        """This holder's private memory in bytes (the stored weights are not in it)."""
-        _trim_heap()
-        return private_memory_bytes()
-
-    def release(self, name: str) -> bool:
-        """Forget ``name`` (dropping its refs); return True if the holder is now closing."""
-        with self._guard:
-            self._records.pop(name, None)
-            known = _kv_get(name)
-            if known is not None and known.get("holder") == self._holder:
-                _kv_delete(name)
-            return self._close_if_idle()
-
-    def close_if_empty(self) -> bool:
-        """Close if nothing is stored or being stored here; return whether closing."""
-        with self._guard:
-            return self._close_if_idle()
-
-    def _close_if_idle(self) -> bool:
-        if not self._records and self._busy == 0:
-            self._closing = True
-        return self._closing
+    model = loader()
+    shared = SharedPipeline.share(model, model_attr_names)
+    backends = _backend_names(model, model_attr_names)
+    del model
+    yield _meta(shared, backends)
+    for ref in shared.refs.values():
+        value = ray.get(ref)
+        yield value
+        del value
+    shared.release()
+    _holder.trim_heap()
 
 
-_Holder: Any = ray.remote(_ModelHolder)
+def _options_dict(options: LoadOptions) -> dict[str, Any]:
+    device = options.device
+    return {
+        "device": None if device is None else str(device),
+        "use_fast_load": options.use_fast_load,
+        "writable": options.writable,
+        "prefault": options.prefault,
+    }
+
+
+_Holder: Any = ray.remote(_holder.ModelHolder)
 
 
 def _actor_name(holder: str) -> str:
@@ -423,7 +262,7 @@ def _holder_for(name: str, holder: str | None) -> str:
     if holder is not None:
         _check_name(holder, "holder")
         return holder
-    known = _kv_get(name)
+    known = _holder.kv_get(name)
     return str(known["holder"]) if known else DEFAULT_HOLDER
 
 
@@ -460,14 +299,14 @@ def publish(
     Example::
 
         publish("encoder", model)                              # the caller builds the model
-        publish("encoder", lambda: build_encoder("ckpt.pt"))   # the holder builds it
+        publish("encoder", lambda: build_encoder("ckpt.pt"))   # built in a task, never here
 
     Args:
         name: cluster-wide name (any non-empty string).
         model_or_loader: an ``nn.Module`` (or any object a backend handles), a pipeline
             whose attributes are models, or a zero-argument callable that returns one
             (a function, a class, a callable object without model attributes). A loader
-            runs inside the holder actor, so this process never holds the model.
+            runs in a Ray task the holder actor starts, so this process never holds the model.
         model_attr_names: pipeline attributes to share; found automatically if None.
         device, use_fast_load, writable, prefault: the defaults of
             :func:`load_published` for this model (as for ``ActorWrapper``).
@@ -484,17 +323,16 @@ def publish(
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
     options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-    previous = _kv_get(name)
+    previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
     try:
         if _is_loader(model_or_loader, names):
-            info = _call_holder(target, holder_options, "build", name, model_or_loader, names, options, False)
+            job = _job(model_or_loader, names)
+            info = _call_holder(target, holder_options, "build", name, job, _options_dict(options), False)
         else:
             shared = SharedPipeline.share(model_or_loader, names)
-            backends = _backend_names(model_or_loader, names)
-            skeleton = cloudpickle.dumps(shared.skeleton)
-            args = (name, skeleton, shared.refs, shared.nbytes, options, backends)
-            info = _call_holder(target, holder_options, "install", *args)
+            meta = _meta(shared, _backend_names(model_or_loader, names))
+            info = _call_holder(target, holder_options, "install", name, meta, shared.refs, _options_dict(options))
             shared.release()  # the holder has its own copy now: free ours
     except ray.exceptions.RayActorError as exc:
         raise _holder_gone(name, target, exc) from exc
@@ -504,7 +342,19 @@ def publish(
             _kill_if_empty(found)  # a bad model or a failing loader leaves no empty holder behind
         raise
     _moved(name, previous, target)
-    return info
+    return PublishedModel(**info)
+
+
+def _job(loader: Callable[[], Any], model_attr_names: list[str] | None) -> bytes:
+    """The loader as the holder's build task runs it, pickled here (the holder never unpickles it)."""
+    try:
+        return bytes(cloudpickle.dumps(functools.partial(_build_stream, loader, model_attr_names)))
+    except Exception as exc:
+        raise TypeError(
+            f"The loader {loader!r} cannot be pickled ({type(exc).__name__}: {exc}). It runs in a "
+            "Ray task started by the holder actor, so it and everything it uses must be picklable: "
+            "use a module-level function or class, and open files or connections inside it."
+        ) from exc
 
 
 def get_or_publish(
@@ -536,7 +386,7 @@ def get_or_publish(
     Args:
         name: cluster-wide name.
         loader: zero-argument callable that returns the model (or pipeline); it runs in
-            the holder actor, so it and what it uses must be picklable.
+            a Ray task the holder actor starts, so it and what it uses must be picklable.
         model_attr_names: pipeline attributes to share; found automatically if None.
         device, use_fast_load, writable, prefault: how this caller's copy is loaded (as
             ``wrapper.load()``); when this call publishes, they also become the model's
@@ -557,11 +407,12 @@ def get_or_publish(
     defaults = LoadOptions(
         device=device, use_fast_load=bool(use_fast_load), writable=bool(writable), prefault=bool(prefault)
     )
-    previous = _kv_get(name)
+    job = _job(loader, names)
+    previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
     for attempt in range(3):
         try:
-            _call_holder(target, holder_options, "build", name, loader, names, defaults, True)
+            _call_holder(target, holder_options, "build", name, job, _options_dict(defaults), True)
             _moved(name, previous, target)
         except ray.exceptions.RayActorError as exc:
             raise _holder_gone(name, target, exc) from exc
@@ -608,7 +459,7 @@ def load_published(
     """
     _check_name(name)
     _ensure_ray()
-    known = _kv_get(name)
+    known = _holder.kv_get(name)
     if known is None:
         raise _unknown(name)
     holder = str(known["holder"])
@@ -616,20 +467,20 @@ def load_published(
     if handle is None:
         raise _holder_gone(name, holder)
     try:
-        record: _Record | None = ray.get(handle.record.remote(name))
+        record: dict[str, Any] | None = ray.get(handle.record.remote(name))
     except ray.exceptions.RayActorError as exc:
         raise _holder_gone(name, holder, exc) from exc
     if record is None:  # the holder was recreated since (or the name was just unpublished)
-        if _kv_get(name) is None:
+        if _holder.kv_get(name) is None:
             raise _unknown(name)
         raise _holder_gone(name, holder)
-    shared = SharedPipeline(cloudpickle.loads(record.skeleton), dict(record.refs), dict(record.nbytes))
-    stored = record.options
+    shared = SharedPipeline(cloudpickle.loads(record["skeleton"]), dict(record["refs"]), dict(record["nbytes"]))
+    stored = record["options"]
     options = LoadOptions(
-        device=stored.device if device is None else device,
-        use_fast_load=stored.use_fast_load if use_fast_load is None else use_fast_load,
-        writable=stored.writable if writable is None else writable,
-        prefault=stored.prefault if prefault is None else prefault,
+        device=stored["device"] if device is None else device,
+        use_fast_load=stored["use_fast_load"] if use_fast_load is None else use_fast_load,
+        writable=stored["writable"] if writable is None else writable,
+        prefault=stored["prefault"] if prefault is None else prefault,
     )
     try:
         return load_pipeline(shared, options)
@@ -649,8 +500,8 @@ def list_published() -> list[PublishedModel]:
     """
     _ensure_ray()
     holders = set()
-    for name in _kv_names():
-        known = _kv_get(name)
+    for name in _holder.kv_names():
+        known = _holder.kv_get(name)
         if known is not None:
             holders.add(str(known["holder"]))
     found: list[PublishedModel] = []
@@ -659,7 +510,7 @@ def list_published() -> list[PublishedModel]:
         if handle is None:
             continue
         with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            found.extend(ray.get(handle.infos.remote(), timeout=_CALL_TIMEOUT_S))
+            found.extend(PublishedModel(**info) for info in ray.get(handle.infos.remote(), timeout=_CALL_TIMEOUT_S))
     return sorted(found, key=lambda m: m.name)
 
 
@@ -681,7 +532,7 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
     """
     _check_name(name)
     _ensure_ray()
-    known = _kv_get(name)
+    known = _holder.kv_get(name)
     if known is None:
         if missing_ok:
             return False
@@ -691,7 +542,7 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
         with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             if ray.get(handle.release.remote(name), timeout=_CALL_TIMEOUT_S):
                 ray.kill(handle, no_restart=True)
-    _kv_delete(name)
+    _holder.kv_delete(name)
     return True
 
 
