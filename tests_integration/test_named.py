@@ -362,3 +362,21 @@ def test_pipelines_and_torchscript_are_published_through_their_backends(cleanup:
     assert ray_zerocopy.aliases_object_store(loaded.encoder.weight)
     assert not isinstance(loaded.encoder.weight, nn.Parameter)  # use_fast_load default kept
     assert isinstance(load_published("pipeline", use_fast_load=False).encoder.weight, nn.Parameter)
+
+
+def failing_loader() -> nn.Module:
+    raise ValueError("checkpoint is corrupt")
+
+
+def test_a_failing_loader_reaches_the_caller_and_stores_nothing() -> None:
+    with pytest.raises(ValueError, match="checkpoint is corrupt"):
+        publish("broken", failing_loader)
+    with pytest.raises(ValueError, match="checkpoint is corrupt"):
+        get_or_publish("broken", failing_loader)
+    assert "broken" not in [m.name for m in list_published()]
+    with pytest.raises(ModelNotPublishedError, match="No model is published under the name 'broken'"):
+        load_published("broken")
+    deadline = time.monotonic() + 30  # the holder it started stores nothing: it is stopped
+    while holder_actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert holder_actors() == []
