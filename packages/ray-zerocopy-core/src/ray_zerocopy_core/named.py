@@ -65,7 +65,6 @@ NAMESPACE = _holder.NAMESPACE
 #: The holder that models go to unless ``holder=`` names another.
 DEFAULT_HOLDER = "default"
 
-_KV_NAMESPACE = _holder.NAMESPACE
 _CALL_TIMEOUT_S = 60.0
 _CLOSING = _holder.CLOSING
 _RETRY_S = 30.0
@@ -83,7 +82,8 @@ class PublishedModel:
         backends: pipeline attribute to the backend that stored it (``{"": "nn"}`` for
             a bare eager model).
         holder: the holder actor that owns it (``"default"`` unless chosen).
-        built_by: ``"caller"`` (a model was given) or ``"loader"`` (the holder built it).
+        built_by: ``"caller"`` (a model was given) or ``"loader"`` (its loader built it, in
+            a task the holder started).
         published_at: when this version was stored (seconds since the epoch).
     """
 
