@@ -380,3 +380,20 @@ def test_a_failing_loader_reaches_the_caller_and_stores_nothing() -> None:
     while holder_actors() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert holder_actors() == []
+
+
+def export_linear() -> Any:
+    """An exported program (torch.export) of a small linear layer: a loader for the export backend."""
+    torch.manual_seed(13)
+    return torch.export.export(nn.Linear(64, 16).eval(), (INPUT,))
+
+
+def test_exported_programs_are_published_through_their_backend(cleanup: list[str]) -> None:
+    pytest.importorskip("ray_zerocopy_export")
+    cleanup.append("exported")
+    info = publish("exported", export_linear)
+    assert info.backends == {"": "export"}
+    program = load_published("exported")
+    with torch.no_grad():
+        assert torch.equal(program.module()(INPUT), export_linear().module()(INPUT))
+    assert all(ray_zerocopy.aliases_object_store(t) for t in program.state_dict.values())
