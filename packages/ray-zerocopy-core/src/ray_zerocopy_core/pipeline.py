@@ -198,13 +198,11 @@ class SharedPipeline:
         obj: Any,
         model_attr_names: str | Iterable[str] | None = None,
         method_names: Iterable[str] = (),
-        owner: Any = None,
     ) -> SharedPipeline:
         """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store.
 
         ``method_names`` (task mode) must each be a method of at least one model; this is
         checked here, before anything is stored, rather than in a remote task later.
-        ``owner`` (an actor handle) owns the stored objects instead of this process.
         """
         backend = find_backend(obj) if model_attr_names is None else None
         if backend is not None:
@@ -227,7 +225,7 @@ class SharedPipeline:
         sizes: dict[str, int] = {}
         for name, (model, model_backend) in models.items():
             what = f"model {name!r}" if name else "model"
-            refs[name], sizes[name] = share_model(model, model_backend, what=what, owner=owner)
+            refs[name], sizes[name] = share_model(model, model_backend, what=what)
         return cls(skeleton, refs, sizes)
 
     @property

@@ -17,14 +17,11 @@ from ray_zerocopy_core.registry import backend_locator, get_backend
 from ray_zerocopy_core.store import fetch_payload, put_payload
 
 
-def share_model(model: Any, backend: Backend, what: str = "model", owner: Any = None) -> tuple[ray.ObjectRef, int]:
-    """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes.
-
-    ``owner`` (an actor handle) owns the stored object instead of this process.
-    """
+def share_model(model: Any, backend: Backend, what: str = "model") -> tuple[ray.ObjectRef, int]:
+    """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes."""
     payload = backend.extract(model)
     payload.backend_locator = backend_locator(backend)
-    return put_payload(payload, what=what, owner=owner), payload.nbytes
+    return put_payload(payload, what=what), payload.nbytes
 
 
 def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:

@@ -2,8 +2,8 @@
 
 One Ray object per model, framed by guards for write protection
 (:func:`~ray_zerocopy_core.memory.guard_table`). The process that puts it owns it
-(Ray's ownership model) unless an owner actor is named: the object lives while its
-owner holds a reference, and loads fail with
+(Ray's ownership model): the object lives while its owner holds a reference (or, for
+a model published by name, its holder actor: :mod:`ray_zerocopy_core.named`), and loads fail with
 :class:`~ray_zerocopy_core.errors.WeightsUnavailableError` once the owner is gone. A
 payload stored by another ray-zerocopy release is refused with
 :class:`~ray_zerocopy_core.errors.FormatVersionError`.
@@ -37,12 +37,8 @@ def object_store_capacity() -> int | None:
     return int(max(capacities)) if capacities else None
 
 
-def put_payload(payload: ModelPayload, what: str = "model", owner: Any = None) -> ray.ObjectRef:
-    """Write ``payload`` into the object store once; refuse up front if it can never fit.
-
-    ``owner`` (an actor handle) makes that actor own the object instead of the calling
-    process, so the weights outlive the caller (see Ray's ``ray.put(_owner=...)``).
-    """
+def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
+    """Write ``payload`` into the object store once; refuse up front if it can never fit."""
     if not ray.is_initialized():
         ray.init()
     capacity = object_store_capacity()
@@ -55,8 +51,6 @@ def put_payload(payload: ModelPayload, what: str = "model", owner: Any = None) -
             "or shrink the model (e.g. bfloat16 weights)."
         )
     stored = ModelPayload(payload.backend, payload.skeleton, guard_table(payload.table), payload.backend_locator)
-    if owner is not None:
-        return ray.put(stored, _owner=owner)
     return ray.put(stored)
 
 
@@ -80,7 +74,8 @@ def fetch_payload(ref_or_payload: Any) -> ModelPayload:
         raise WeightsUnavailableError(
             "The shared model weights are no longer available: the process that wrapped "
             "the model (their owner) has exited or released them. Keep the wrapper alive in "
-            f"a long-lived process (the driver, or a detached holder actor) while workers load it. ({exc})"
+            "a long-lived process (the driver) while workers load it, or publish the model by name "
+            f"(ray_zerocopy.publish) so that a detached holder owns it. ({exc})"
         ) from exc
     if not isinstance(payload, ModelPayload):
         raise InvalidReferenceError(
