@@ -13,6 +13,7 @@ from each unpacked sdist, offline, with the hatchling installed in this environm
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -219,3 +220,31 @@ def test_wheels_are_typed(wheels: dict[str, zipfile.ZipFile]) -> None:
     for package in PACKAGES:
         name = project_table(package)["name"]
         assert f"{import_name(package)}/py.typed" in wheels[name].namelist(), name
+
+
+def test_the_built_wheels_install_and_share_an_exported_program(
+    wheels: dict[str, zipfile.ZipFile], tmp_path: Path
+) -> None:
+    """``ray-zerocopy[export]`` from the wheels built out of the sdists: installed apart, it finds its backend."""
+    target = tmp_path / "site"
+    paths = [wheel.filename for name, wheel in wheels.items() if name in {"ray-zerocopy", "ray-zerocopy-core"}]
+    paths += [wheels["ray-zerocopy-export"].filename]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), *map(str, paths)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    script = (
+        "import torch, ray_zerocopy, ray_zerocopy_export\n"
+        "from ray_zerocopy import backend_for\n"
+        "ep = torch.export.export(torch.nn.Linear(2, 2), (torch.ones(1, 2),))\n"
+        "print(ray_zerocopy.__version__, type(backend_for(ep)).__name__, ray_zerocopy_export.__file__)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)}
+    )
+    assert ran.returncode == 0, ran.stderr
+    version, backend, location = ran.stdout.split()
+    assert (version, backend) == (VERSION, "ExportBackend")
+    assert location.startswith(str(target)), location  # the wheel's copy, not the working tree's
