@@ -122,6 +122,14 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite (``-- --quick`` for a one-minute run; ``-- --help`` for flags)."""
-    install_project(session, extras="[jit]")
+    install_project(session, extras="[jit,export]")
     session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data,default]")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench_named(session: nox.Session) -> None:
+    """Named models switched by multiplexed replicas vs ``torch.load`` per switch (``-- --help`` for flags)."""
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]")
+    session.run("python", "benchmarks/multiplex.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})

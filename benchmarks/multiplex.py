@@ -6,7 +6,7 @@ are too heavy to run beside them on two cores) each keep at most three loaded, s
 request is a *switch*: a load of a model the replica does not hold. The same stream of
 requests is then served by replicas that ``torch.load`` a checkpoint per switch.
 
-Targets (issue 13): median switch <= 20 ms; node memory <= 1.1 x the six models'
+Targets (docs/design.md): median switch <= 20 ms; node memory <= 1.1 x the six models'
 weights. Writes ``multiplex.md`` and ``multiplex.json`` to ``--out``.
 
 Run: ``python benchmarks/multiplex.py`` (about two minutes on two cores).
