@@ -100,7 +100,7 @@ def jit_backend_ready() -> str | None:
     try:
         import torch
 
-        from ray_zerocopy_jit import JITActorWrapper
+        from ray_zerocopy import JITActorWrapper
 
         traced = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
         JITActorWrapper(traced).release()
