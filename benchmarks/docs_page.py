@@ -33,6 +33,8 @@ way in one run on the same model:
   weights really map the object store);
 - **safetensors** memory-mapped from a file in `/dev/shm` (`load_state_dict(..., assign=True)`);
 - for TorchScript, **`torch.jit.load`** of a saved traced model against the jit backend.
+- for `torch.export`, **`torch.export.load`** of a saved `.pt2` in each actor (then
+  `.module()`) against the export backend (`load()` returns the program; `.module()` built too).
 
 The model is a transformer-like stack (16 blocks of attention projections, MLP and layer
 norms, plus embedding and output head): about 200 tensors whatever its size, so per-tensor
@@ -82,12 +84,27 @@ NOTES = """## Reading the targets
 - **Task mode** overhead is measured on a warm worker, interleaving the three kinds of
   call; the embedding lookup isolates the per-call cost, the full forward adds its own
   (noisier) compute time.
+- **torch.export load** is dominated by torch's own deserialization of the program's
+  graph and by building `.module()` (about 0.15-0.2 s per actor alone for the benchmark
+  transformer), not by the weights, which are shared zero-copy: the 0.1 x target against
+  `torch.export.load` per actor is not reached, and the ratio moves with how slow the
+  baseline's disk read is in that run.
 - **TorchScript load** is dominated by `torch.jit.load` compiling the skeleton's code, not
   by the weights (which are swapped in zero-copy): 38 ms of a 50 ms load for the traced
   benchmark model, where tracing gives each of its ~100 submodules its own graph.
   Scripted models whose submodules share a class load in 12-16 ms. `torch.jit.load` of the
   saved model pays the same compilation plus reading every weight byte.
 
+"""
+
+
+MULTIPLEX_INTRO = """## Named models: multiplexed switches (`nox -s bench_named`)
+
+Six models published by name (`publish`), four emulated `@serve.multiplexed` replicas
+that each keep three loaded, so every request is a switch to a model the replica does
+not hold: `load_published(name)` against `torch.load` of a checkpoint per switch, the
+page cache warm. Node memory counts the object store's growth plus every replica's
+private growth (and, in the last line, the holder actor's process).
 """
 
 
@@ -100,7 +117,11 @@ def main(results_path: Path) -> None:
         shutil.copy(png, STATIC / png.name)
     body = body.split("\n", 2)[2]  # drop the results file's own title
     before, after = body.split("## Models", 1)
-    PAGE.write_text(INTRO + before + NOTES + "## Models" + after)
+    page = INTRO + before + NOTES + "## Models" + after
+    multiplex = results_path.parent / "multiplex.md"  # from `nox -s bench_named`, if it ran
+    if multiplex.exists():
+        page = page.rstrip("\n") + "\n\n" + MULTIPLEX_INTRO + multiplex.read_text().split("\n", 1)[1]
+    PAGE.write_text(page)
     print(f"wrote {PAGE} and {len(list(STATIC.glob('*.png')))} plots in {STATIC}")
 
 
