@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -224,3 +225,29 @@ def test_a_segv_sent_by_kill_is_not_swallowed() -> None:
     )
     assert result.returncode == -11 and "not reached" not in result.stdout, result.stderr
     assert "read-only" not in result.stderr
+
+
+def test_a_release_inside_a_locked_section_is_queued_not_deadlocked() -> None:
+    """A garbage collection can run a mapping's finalizer while this thread holds the lock."""
+    table = stored_in_shared_memory(weights_table(100_000))
+    (first,) = materialize(table, LoadOptions())
+    address = first.data_ptr()
+    outcome: list[bool] = []
+
+    def drop_inside_the_lock() -> None:
+        nonlocal first
+        with memory._lock:
+            del first
+            gc.collect()  # the finalizer runs here and must only queue
+            outcome.append(writable(address))
+
+    worker = threading.Thread(target=drop_inside_the_lock)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the finalizer blocked on the lock its own thread holds"
+    assert outcome == [False]  # still read-only until the queue is settled
+    (second,) = materialize(table, LoadOptions())  # settles the queue, then maps again
+    assert not writable(address) and len(memory.protected_ranges()) == 1
+    del second
+    gc.collect()
+    assert writable(address) and memory.protected_ranges() == []

@@ -182,22 +182,39 @@ def _protect(record: _MappedObject, guard_bytes: int) -> None:
         logger.info("a write to protected weights will end this process without an explanation: %s", problem)
 
 
-def _release(key: tuple[int, int]) -> None:
-    """One mapping over ``key`` is gone; the last one makes the pages writable again."""
-    with _lock:
+#: Mappings that are gone, waiting for the lock: (key, the stored buffers, kept alive until
+#: the pages are writable again). Finalizers can run inside a locked section of this very
+#: thread (a garbage collection during an allocation), so they only queue here.
+_released: list[tuple[tuple[int, int], tuple[Any, ...]]] = []
+
+
+def _release(key: tuple[int, int], buffers: tuple[Any, ...]) -> None:
+    """Finalizer of a mapping: queue it, and settle the queue unless someone holds the lock."""
+    _released.append((key, buffers))
+    if _lock.acquire(blocking=False):
+        try:
+            _settle_released()
+        finally:
+            _lock.release()
+
+
+def _settle_released() -> None:
+    """Count down every queued mapping; the last one over an object makes its pages writable (lock held)."""
+    while _released:
+        key, buffers = _released.pop()
         record = _mapped.get(key)
         if record is None:
-            return
+            continue
         record.users -= 1
         if record.users > 0:
-            return
+            continue
         del _mapped[key]
         if record.protected_end > record.protected_start:
             fault_explainer.forget(record.protected_start)
-            if _mprotect(
-                record.protected_start, record.protected_end - record.protected_start, _PROT_READ | _PROT_WRITE
-            ):
+            length = record.protected_end - record.protected_start
+            if _mprotect(record.protected_start, length, _PROT_READ | _PROT_WRITE):
                 logger.debug("could not restore write access to %#x-%#x", record.protected_start, record.protected_end)
+        del buffers  # only now may Ray reuse those pages
 
 
 class _StoredStretch:
@@ -212,7 +229,7 @@ class _StoredStretch:
         self.buffers = table.buffers
         self.__array_interface__ = {"data": (start, False), "shape": (end - start,), "typestr": "|u1", "version": 3}
         if key is not None:
-            weakref.finalize(self, _release, key)
+            weakref.finalize(self, _release, key, table.buffers)
 
 
 def _stored_extent(table: TensorTable) -> tuple[int, int] | None:
@@ -245,6 +262,7 @@ def map_stored_table(table: TensorTable, protect: bool) -> tuple[torch.Tensor, l
     if protect:
         key = extent
         with _lock:
+            _settle_released()
             record = _mapped.get(key)
             if record is None:
                 record = _mapped[key] = _MappedObject(start, end)
@@ -253,6 +271,7 @@ def map_stored_table(table: TensorTable, protect: bool) -> tuple[torch.Tensor, l
                 else:
                     _protect(record, table.guard_bytes)
             record.users += 1
+            _settle_released()  # mappings a garbage collection released meanwhile
     stretch = _StoredStretch(table, start, end, key)
     whole = torch.from_numpy(np.asarray(stretch))
     offsets = [int(buffer.ctypes.data) - start for buffer in table.storages]
