@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 
 def run_script(
@@ -37,3 +38,17 @@ def run_script(
         out, _ = proc.communicate()
         pytest.fail(f"{label} ran longer than {timeout} s:\n{out[-6000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def run_driver(path: Path, *args: str, timeout: float, label: str) -> str:
+    """Run ``path`` as a second driver of the Ray cluster this test runs; return its output.
+
+    The script finds the cluster through ``RAY_ADDRESS`` and runs next to the test modules
+    (so it can import them); a non-zero exit fails the test with the script's output.
+    """
+    address = ray.get_runtime_context().gcs_address
+    done = run_script(
+        path, *args, cwd=Path(__file__).parent, timeout=timeout, label=label, env={"RAY_ADDRESS": address}
+    )
+    assert done.returncode == 0, f"{label} exited with {done.returncode}:\n{done.stdout[-6000:]}"
+    return done.stdout

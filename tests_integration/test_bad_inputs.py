@@ -7,17 +7,14 @@ on a real Ray worker.
 
 from __future__ import annotations
 
-import importlib.abc
-import sys
 import threading
 import warnings
-from collections.abc import Iterator
-from importlib import metadata
 from typing import Any
 
 import pytest
 import ray
 import torch
+from not_installed import not_installed
 from torch import nn
 
 import ray_zerocopy
@@ -30,7 +27,6 @@ from ray_zerocopy import (
     UnsupportedModelError,
     WrongModeError,
 )
-from ray_zerocopy_core import registry
 from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -189,42 +185,23 @@ def test_load_model_in_actor_given_something_else() -> None:
 # --- TorchScript without the jit package ----------------------------------------------------
 
 
-class _BlockJitPackage(importlib.abc.MetaPathFinder):
-    """Makes ``import ray_zerocopy_jit`` fail as if the distribution were not installed."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "ray_zerocopy_jit" or name.startswith("ray_zerocopy_jit."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-
-@pytest.fixture
-def jit_package_blocked(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in [m for m in sys.modules if m == "ray_zerocopy_jit" or m.startswith("ray_zerocopy_jit.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "meta_path", [_BlockJitPackage(), *sys.meta_path])
-    registry.reset_registry()
-    yield monkeypatch
-    monkeypatch.undo()
-    registry.reset_registry()
-
-
 def scripted() -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch deprecates TorchScript
         return torch.jit.script(small())
 
 
-def test_script_module_with_jit_package_unimportable(jit_package_blocked: pytest.MonkeyPatch) -> None:
-    with pytest.raises(BackendNotInstalledError, match=r"needs the 'jit' backend.*pip install 'ray-zerocopy\[jit\]'"):
+def test_script_module_with_jit_package_unimportable() -> None:
+    needs_jit = r"needs the 'jit' backend.*pip install 'ray-zerocopy\[jit\]'"
+    # The entry point is declared, the import fails.
+    with not_installed("ray_zerocopy_jit", declared=True), pytest.raises(BackendNotInstalledError, match=needs_jit):
         ActorWrapper(scripted())
 
 
-def test_script_module_with_jit_package_not_installed(jit_package_blocked: pytest.MonkeyPatch) -> None:
+def test_script_module_with_jit_package_not_installed() -> None:
     # No distribution declares the 'jit' entry point: the ScriptModule must not fall into 'nn'.
-    installed = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name != "jit"]
-    jit_package_blocked.setattr(registry.metadata, "entry_points", lambda group: installed)
-    registry.reset_registry()
-    with pytest.raises(BackendNotInstalledError, match=r"which is not installed.*pip install 'ray-zerocopy\[jit\]'"):
+    not_there = r"which is not installed.*pip install 'ray-zerocopy\[jit\]'"
+    with not_installed("ray_zerocopy_jit"), pytest.raises(BackendNotInstalledError, match=not_there):
         TaskWrapper(Pipeline(encoder=scripted()))
 
 

@@ -8,13 +8,12 @@ Ray and come back intact. ``release()`` drops a wrapper's hold on its objects.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 
 import pytest
 import ray
 import torch
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+from object_store import store_bytes_used, store_stats, wait_for_store_at_most
 from torch import nn
 
 from ray_zerocopy import (
@@ -38,20 +37,6 @@ def ray_small_store() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=STORE, logging_level="ERROR")
     yield
     ray.shutdown()
-
-
-def store_stats() -> object:
-    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
-    return reply.store_stats
-
-
-def wait_for_store_at_most(limit: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    used = int(store_stats().object_store_bytes_used)
-    while used > limit and time.monotonic() < deadline:
-        time.sleep(0.25)
-        used = int(store_stats().object_store_bytes_used)
-    return used
 
 
 class Blob(nn.Module):
@@ -89,7 +74,7 @@ def test_model_larger_than_the_store_is_refused_up_front() -> None:
     assert f"holds {fmt(capacity)}" in message, message
     assert "object_store_memory" in message  # says how to fix it
     # Nothing was written: the refusal came before the put, not as ObjectStoreFullError.
-    assert int(store_stats().object_store_bytes_used) <= before
+    assert store_bytes_used() <= before
 
 
 @ray.remote(num_cpus=0.1)
@@ -115,7 +100,7 @@ def test_models_spilled_to_disk_load_intact() -> None:
 def test_release_frees_the_store_and_later_use_says_so(mode: str) -> None:
     baseline = wait_for_store_at_most(MIB)
     wrapper = ModelWrapper.from_model(Blob(16, seed=0), mode=mode)
-    assert int(store_stats().object_store_bytes_used) >= baseline + 16 * MIB
+    assert store_bytes_used() >= baseline + 16 * MIB
     assert wrapper.nbytes == 16 * MIB
 
     wrapper.release()
@@ -148,7 +133,7 @@ def test_release_leaves_actors_that_loaded_working() -> None:
     wrapper = ActorWrapper(model)
     holder = Holder.remote(wrapper)
     assert ray.get(holder.digest.remote(), timeout=120) == digest(model)
-    baseline = int(store_stats().object_store_bytes_used)
+    baseline = store_bytes_used()
     wrapper.release()
     assert ray.get(holder.digest.remote(), timeout=120) == digest(model)
     ray.kill(holder)

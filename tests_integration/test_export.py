@@ -8,24 +8,20 @@ bit for bit with the program run in the driver.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
-from importlib import metadata
-from importlib.abc import MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
 from typing import Any
 
 import pytest
 import ray
 import torch
+from not_installed import not_installed
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, aliases_object_store
 from ray_zerocopy_core.errors import BackendNotInstalledError
-from ray_zerocopy_core.registry import ENTRY_POINT_GROUP, KNOWN_BACKENDS, reset_registry
+from ray_zerocopy_core.registry import KNOWN_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -287,45 +283,12 @@ def test_hugging_face_llama_in_actors_and_tasks() -> None:
 
 # --- without the package -------------------------------------------------------------
 
-BLOCKED = "ray_zerocopy_export"
-
-
-class _BlockExport(MetaPathFinder):
-    """Finds ``ray_zerocopy_export`` only to refuse it, as if it were not installed."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
-        if fullname == BLOCKED or fullname.startswith(BLOCKED + "."):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
 
 @pytest.fixture
-def without_export(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def without_export() -> Iterator[None]:
     """This process as if ``ray-zerocopy-export`` were not installed (restored after)."""
-    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] == BLOCKED}
-    for name in saved:
-        del sys.modules[name]
-    real_entry_points = metadata.entry_points
-
-    def entry_points_without_export(**params: Any) -> Any:
-        found = real_entry_points(**params)
-        if params.get("group") == ENTRY_POINT_GROUP:
-            return metadata.EntryPoints(ep for ep in found if not ep.value.startswith(BLOCKED))
-        return found
-
-    monkeypatch.setattr(metadata, "entry_points", entry_points_without_export)
-    blocker = _BlockExport()
-    sys.meta_path.insert(0, blocker)
-    reset_registry()
-    try:
+    with not_installed("ray_zerocopy_export"):
         yield
-    finally:
-        sys.meta_path.remove(blocker)
-        for name in [name for name in sys.modules if name.split(".")[0] == BLOCKED]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-        monkeypatch.undo()
-        reset_registry()
 
 
 @pytest.mark.skipif(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import ray
 import torch
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+from object_store import wait_for_store_at_most
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, WeightsUnavailableError
@@ -24,22 +24,6 @@ from ray_zerocopy_core.inspection import aliases_object_store
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 MIB = 1024**2
-
-
-def store_bytes_used() -> int:
-    """Bytes allocated in the object store(s) of the cluster right now."""
-    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
-    return int(reply.store_stats.object_store_bytes_used)
-
-
-def wait_for_store_at_most(limit: int, timeout: float = 60) -> int:
-    """Poll until the store holds at most ``limit`` bytes; return the last reading."""
-    deadline = time.monotonic() + timeout
-    used = store_bytes_used()
-    while used > limit and time.monotonic() < deadline:
-        time.sleep(0.25)
-        used = store_bytes_used()
-    return used
 
 
 def model_of(mib: int, seed: int = 0) -> nn.Module:

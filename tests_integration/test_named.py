@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,8 +17,9 @@ from typing import Any
 
 import pytest
 import ray
+import scripts
 import torch
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+from object_store import store_bytes_used, wait_for_store
 from torch import nn
 
 import ray_zerocopy
@@ -38,22 +37,6 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 MIB = 1024**2
 SUBPROCESS_TIMEOUT_S = 180
-
-
-def store_bytes_used() -> int:
-    """Bytes allocated in the cluster's object store right now."""
-    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
-    return int(reply.store_stats.object_store_bytes_used)
-
-
-def wait_for_store(predicate: Any, timeout: float = 60) -> int:
-    """Poll the store's usage until ``predicate(used)`` holds; return the last reading."""
-    deadline = time.monotonic() + timeout
-    used = store_bytes_used()
-    while not predicate(used) and time.monotonic() < deadline:
-        time.sleep(0.25)
-        used = store_bytes_used()
-    return used
 
 
 def make_model(mib: int, seed: int = 0) -> nn.Module:
@@ -135,20 +118,9 @@ def cleanup() -> Iterator[list[str]]:
 def run_driver(code: str, tmp_path: Path, label: str) -> str:
     """Run ``code`` as a second driver connected to this cluster; return its output."""
     script = tmp_path / f"{label}.py"
-    header = f"import ray\nray.init(address={ray.get_runtime_context().gcs_address!r}, logging_level='ERROR')\n"
+    header = "import ray\nray.init(logging_level='ERROR')\n"  # RAY_ADDRESS names this cluster
     script.write_text(header + textwrap.dedent(code) + "\nray.shutdown()\n")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=Path(__file__).parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert done.returncode == 0, f"driver {label} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout
+    return scripts.run_driver(script, timeout=SUBPROCESS_TIMEOUT_S, label=f"driver {label}")
 
 
 def test_published_model_outlives_its_driver_and_loads_anywhere(tmp_path: Path, cleanup: list[str]) -> None:

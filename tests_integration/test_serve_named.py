@@ -9,9 +9,6 @@ few, because the whole suite shares two cores.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 import ray
 import torch
 from ray import serve
+from scripts import run_driver
 from torch import nn
 
 from ray_zerocopy import aliases_object_store, list_published, load_published, publish, unpublish
@@ -49,17 +47,8 @@ def serve_teardown(ray_local: None) -> Iterator[None]:
 
 def run_step(step: str) -> str:
     """Run one step of the example as its own driver process; return its output."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     address = ray.get_runtime_context().gcs_address
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE), step, "--address", address],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT_S,
-    )
-    assert done.returncode == 0, f"step {step} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout
+    return run_driver(EXAMPLE, step, "--address", address, timeout=STEP_TIMEOUT_S, label=f"step {step}")
 
 
 def test_deploy_script_exits_and_later_replicas_load_by_name(serve_teardown: None) -> None:

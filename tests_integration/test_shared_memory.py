@@ -9,8 +9,6 @@ and pipelines that would carry a model by value.
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from scripts import run_driver
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
@@ -214,15 +213,9 @@ def test_a_model_captured_by_a_global_or_closure_is_named(tmp_path: Path, kind: 
         model = f"torch.jit.script({model})"
     script = tmp_path / "capture.py"
     script.write_text(CAPTURING_SCRIPT.format(model=model))
-    done = subprocess.run(
-        [sys.executable, str(script), ray.get_runtime_context().gcs_address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    refusals = [line for line in done.stdout.splitlines() if line.startswith("REFUSED")]
-    assert len(refusals) == 2, done.stdout + done.stderr[-3000:]
+    output = run_driver(script, ray.get_runtime_context().gcs_address, timeout=120, label="capturing pipelines")
+    refusals = [line for line in output.splitlines() if line.startswith("REFUSED")]
+    assert len(refusals) == 2, output[-3000:]
     assert "global 'model' (used by Pipeline.__call__)" in refusals[0]
     assert "closure variable 'captured'" in refusals[1]
     assert all("self.model = model" in line for line in refusals)
