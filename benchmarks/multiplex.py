@@ -15,8 +15,6 @@ Run: ``python benchmarks/multiplex.py`` (about two minutes on two cores).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import ray
 from benchkit.cluster import machine_info, start_ray
 from benchkit.multiplex import measure
+from benchkit.report import write_report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MIB = 1024**2
@@ -121,12 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
     results["runs"] = runs
     results["elapsed_s"] = time.perf_counter() - start
-    (args.out / "multiplex.json").write_text(json.dumps(results, indent=1, default=str))
-    markdown = render(results)
-    (args.out / "multiplex.md").write_text(markdown)
-    print()
-    print(markdown)
-    print(f"Written: {args.out / 'multiplex.md'}, {args.out / 'multiplex.json'}", file=sys.stderr)
+    write_report(args.out, "multiplex", results, render(results))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from benchkit.memory import memcpy_seconds
 from benchkit.methods import EAGER_METHODS, EXPORT_METHODS, JIT_METHODS, METHODS
 from benchkit.models import ModelSpec, build_model, tensor_count, weight_bytes
 from benchkit.probe import LoadPoint, failed_point, measure_in_subprocess, measure_load, reference_output
+from benchkit.report import write_report
 from benchkit.targets import render_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -257,12 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print the tables, write results.md, results.json and the plots."""
     args = parse_args(argv)
     results = run(args)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    markdown = render_results(results, args.out)
-    (args.out / "results.md").write_text(markdown)
-    print()
-    print(markdown)
-    print(f"Written: {args.out / 'results.md'}, {args.out / 'results.json'}, plots in {args.out}", file=sys.stderr)
+    write_report(args.out, "results", results, render_results(results, args.out), f", plots in {args.out}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,3 +63,12 @@ def plot_lines(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
+
+
+def write_report(out: Path, stem: str, results: dict[str, Any], markdown: str, extra: str = "") -> None:
+    """Write ``STEM.json`` and ``STEM.md`` to ``out``, print the markdown, say where they went."""
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / f"{stem}.md").write_text(markdown)
+    print()
+    print(markdown)
+    print(f"Written: {out / f'{stem}.md'}, {out / f'{stem}.json'}{extra}", file=sys.stderr)
