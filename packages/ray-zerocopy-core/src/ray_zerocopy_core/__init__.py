@@ -6,8 +6,6 @@ Most users import from ``ray_zerocopy`` (the meta package), which re-exports all
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from ray_zerocopy_core.errors import (
     BackendError,
     BackendNotInstalledError,
@@ -36,7 +34,7 @@ from ray_zerocopy_core.named import (
     unpublish,
 )
 from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend, ModelPayload
+from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, RELEASE, Backend, ModelPayload
 from ray_zerocopy_core.registry import (
     backend_for,
     backend_names,
@@ -48,10 +46,8 @@ from ray_zerocopy_core.registry import (
 from ray_zerocopy_core.representation import TensorEntry, TensorTable
 from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
 
-try:
-    __version__ = metadata.version("ray-zerocopy-core")
-except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: This distribution's release (``0+unknown`` in a source tree that is not installed).
+__version__ = RELEASE
 
 __all__ = [
     "ENTRY_POINT_GROUP",

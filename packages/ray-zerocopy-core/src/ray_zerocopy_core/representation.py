@@ -133,8 +133,10 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
     to a 64-byte boundary). Storages under :data:`SMALL_STORAGE_BYTES` go into one pack.
     """
     keyed: dict[tuple[str, int], list[int]] = {}
+    extents: list[tuple[int, int]] = []  # [start, end) in its storage, per tensor
     for position, (name, tensor) in enumerate(tensors):
         check_shareable(tensor, f"tensor {name!r}")
+        extents.append(_byte_extent(tensor))
         storage = tensor.untyped_storage()
         key = (str(tensor.device), storage.data_ptr() if storage.nbytes() else -1 - position)
         keyed.setdefault(key, []).append(position)
@@ -143,8 +145,8 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
     spans: list[tuple[torch.Tensor, int, int, list[int]]] = []
     weight_bytes = 0
     for positions in keyed.values():
-        extents = [_byte_extent(tensors[p][1]) for p in positions]
-        used_start, span_end = min(start for start, _ in extents), max(end for _, end in extents)
+        used_start = min(extents[p][0] for p in positions)
+        span_end = max(extents[p][1] for p in positions)
         weight_bytes += span_end - used_start
         span_start = used_start - used_start % ALIGNMENT
         spans.append((tensors[positions[0]][1], span_start, span_end, positions))
@@ -173,7 +175,7 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
         entries.append(
             TensorEntry(
                 storage=storage_index,
-                byte_offset=_byte_extent(tensor)[0] + shift,
+                byte_offset=extents[position][0] + shift,
                 dtype=tensor.dtype,
                 shape=tuple(tensor.shape),
                 stride=tuple(tensor.stride()),
