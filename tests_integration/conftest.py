@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 HERE = Path(__file__).parent
 
@@ -41,3 +42,16 @@ def ray_local() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run this process's reference computations on one thread, as fractional-CPU Ray workers do.
+
+    Matmul reductions may be ordered differently with more threads, which changes the last
+    bit of some outputs; bit-exact comparisons across processes need the same thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

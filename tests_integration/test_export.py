@@ -23,7 +23,7 @@ from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, aliases_object
 from ray_zerocopy_core.errors import BackendNotInstalledError
 from ray_zerocopy_core.registry import KNOWN_BACKENDS
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
 
 VOCAB = 64
 EXPORT_HINT = "pip install 'ray-zerocopy[export]'"
@@ -133,19 +133,6 @@ class Worker:
         with torch.no_grad():
             self.model.state_dict["proj.weight"].add_(1)
         return "wrote"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run the driver's reference computations on one thread, as Ray workers do.
-
-    Matmul reductions may be ordered differently with more threads, which changes
-    the last bit of some outputs; bit-exact comparisons need the same thread count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def kill(*actors: Any) -> None:

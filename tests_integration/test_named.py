@@ -33,7 +33,7 @@ from ray_zerocopy import (
 )
 from ray_zerocopy_core.named import NAMESPACE, holder_private_memory
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
 
 MIB = 1024**2
 SUBPROCESS_TIMEOUT_S = 180
@@ -144,6 +144,7 @@ def test_published_model_outlives_its_driver_and_loads_anywhere(tmp_path: Path, 
         import torch
         from ray_zerocopy import aliases_object_store, load_published
         from test_named import INPUT
+        torch.set_num_threads(1)  # as the reference
         model = load_published("outlives")
         print("aliased", all(aliases_object_store(p) for p in model.parameters()))
         with torch.no_grad():
