@@ -52,9 +52,9 @@ import torch
 from ray import cloudpickle
 
 from ray_zerocopy_core import _holder
+from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
 from ray_zerocopy_core.errors import ModelNotPublishedError, WeightsUnavailableError
 from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
 from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_model_attrs
 from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
