@@ -85,6 +85,12 @@ class Checkpoint:
     strict: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, nn.Module):
+            raise InvalidOptionError(
+                f"Checkpoint(model=...) takes a function that builds the module (e.g. lambda: "
+                f"{type(self.model).__name__}(...)), not a built module: its weights would exist twice. To share "
+                "a module you have built and loaded already, use ActorWrapper(model) or from_model."
+            )
         if not (callable(self.model) or isinstance(self.model, str)):
             raise InvalidOptionError(
                 f"Checkpoint(model=...) must be a zero-argument function that builds the module, or a "
@@ -297,7 +303,7 @@ class CheckpointReader:
                 f"Tensor {found.key!r} in {where} is {file_dtype}, but the model's {slot.names[0]!r} is "
                 f"{model_dtype}: the files do not belong to this model."
             )
-        target = self.checkpoint.dtype or model_dtype
+        target = self.checkpoint.dtype if self.checkpoint.dtype and file_dtype.is_floating_point else model_dtype
         if file_dtype != target:
             if self.checkpoint.dtype is None:
                 raise CheckpointError(

@@ -285,6 +285,7 @@ def drop_page_cache(paths: list[Path]) -> None:
         except OSError:
             continue
         try:
+            os.fdatasync(fd)  # pages still dirty (a file just written) cannot be dropped
             advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             logger.debug("posix_fadvise(DONTNEED) failed for %s: %s", path, exc)
