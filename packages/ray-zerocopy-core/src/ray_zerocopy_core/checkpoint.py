@@ -108,14 +108,13 @@ class Checkpoint:
 
 
 def _describe_path(path: Any) -> str:
-    inner = getattr(path, "path", None)
-    return str(inner if inner is not None and not isinstance(path, (str, os.PathLike)) else path)
+    return str(path.path if callable(getattr(path, "as_directory", None)) else path)
 
 
 @contextlib.contextmanager
 def local_directory(path: Any) -> Iterator[Path]:
     """The local path of a checkpoint location (a ``ray.train.Checkpoint`` is made local while used)."""
-    if hasattr(path, "as_directory") and not isinstance(path, (str, os.PathLike)):
+    if callable(getattr(path, "as_directory", None)):  # ray.train.Checkpoint (which refuses os.fspath)
         with path.as_directory() as directory:
             yield Path(directory)
     else:
