@@ -138,6 +138,26 @@ def test_files_page_cache_is_dropped_on_close(tmp_path: Path) -> None:
     assert cached_file_bytes(path) < 64 * 1024
 
 
+def test_views_keep_their_mapping_alive_after_close(tmp_path: Path) -> None:
+    weights = torch.arange(64 * 1024, dtype=torch.float32)  # 256 KiB: stored as a view, never packed
+    write_safetensors(tmp_path / "w.safetensors", {"w": weights})
+    files = CheckpointFiles(tmp_path / "w.safetensors")
+    view = files.tensors["w"].tensor
+    files.close()  # a view is alive: the mapping must stay (unmapping it would crash below)
+    assert torch.equal(view, weights)
+
+
+def test_large_converted_tensors_outlive_the_reader(tmp_path: Path) -> None:
+    class Big(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(256, 256))
+
+    write_safetensors(tmp_path / "w.safetensors", {"w": torch.ones(256, 256)})
+    model = rebuilt(Checkpoint(tmp_path, Big, dtype=torch.bfloat16))  # spooled, then the reader closes
+    assert model.w.dtype == torch.bfloat16 and torch.equal(model.w, torch.ones(256, 256, dtype=torch.bfloat16))
+
+
 def test_parameters_on_meta_keeps_buffers_real() -> None:
     with parameters_on_meta():
         net = Net()

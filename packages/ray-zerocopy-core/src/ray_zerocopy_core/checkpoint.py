@@ -280,7 +280,7 @@ class CheckpointReader:
                 if converted_slot is None:
                     continue
                 self._check_shape(converted_slot, target, tensor.shape, "transformers' conversion")
-                converted_slot.spooled = self._spool.add(self._converted(tensor, converted_slot))
+                converted_slot.spooled = self._spool.add(tensor, self._target_dtype(tensor, converted_slot))
                 del tensor
 
     def _check_shape(self, slot: _Slot, key: str, shape: torch.Size, where: str) -> None:
@@ -310,11 +310,11 @@ class CheckpointReader:
                     f"as {model_dtype}. Pass Checkpoint(..., dtype={file_dtype}) to keep the files' dtype, or "
                     f"dtype={model_dtype} to convert while sharing."
                 )
-            slot.spooled = self._spool.add(found.tensor.to(target))
+            slot.spooled = self._spool.add(found.tensor, target)
 
-    def _converted(self, tensor: torch.Tensor, slot: _Slot) -> torch.Tensor:
+    def _target_dtype(self, tensor: torch.Tensor, slot: _Slot) -> torch.dtype:
         target = self.checkpoint.dtype or slot.built.dtype
-        return tensor.to(target) if tensor.is_floating_point() and tensor.dtype != target else tensor
+        return target if tensor.is_floating_point() else tensor.dtype
 
     def _check_complete(self, slots: list[_Slot]) -> None:
         missing = [

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError
@@ -66,7 +67,20 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 #: The torch warning for a tensor made over read-only memory; our views are only read.
-_READ_ONLY_WARNING = "The given buffer is not writable"
+_READ_ONLY_WARNING = "The given NumPy array is not writable"
+
+
+def mapped_bytes(mapping: mmap.mmap, offset: int, nbytes: int) -> torch.Tensor:
+    """A uint8 tensor over ``nbytes`` of ``mapping`` at ``offset``, keeping the mapping open while it lives.
+
+    Through numpy, which holds a buffer export: ``mapping.close()`` then refuses
+    (``BufferError``) instead of unmapping memory a tensor still points to, as it would
+    under ``torch.frombuffer``, which keeps no export.
+    """
+    array = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
+        return torch.from_numpy(array)
 
 
 @dataclass(frozen=True)
@@ -175,10 +189,7 @@ def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]
         if nbytes == 0:
             tensor = torch.empty(shape, dtype=dtype)
         else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
-                raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=offset)
-            tensor = raw.view(dtype).reshape(shape)
+            tensor = mapped_bytes(mapping, offset, nbytes).view(dtype).reshape(shape)
         yield FileTensor(key, path, tensor)
 
 
@@ -294,12 +305,14 @@ def drop_page_cache(paths: list[Path]) -> None:
 
 
 class ConversionSpool:
-    """Computed tensors written to a temporary file one at a time, then mapped back read-only.
+    """Computed tensors written into a temporary file, then mapped back read-only.
 
-    :meth:`add` writes a tensor's bytes and forgets the tensor; :meth:`tensors`, called
-    once after the last :meth:`add`, maps the file and returns a view per added tensor.
-    The file is removed at :meth:`close` (its pages go with it). The directory is
-    ``tempfile.gettempdir()`` (``TMPDIR``), unless given.
+    :meth:`add` writes a tensor, converted to a dtype on the way, straight into a
+    writable mapping of the file: the converted values go to the page cache (shared,
+    reclaimable), never to a private buffer. :meth:`tensors`, called once after the last
+    :meth:`add`, maps the file and returns a view per added tensor. The file is removed
+    at :meth:`close` (its pages go with it). The directory is ``tempfile.gettempdir()``
+    (``TMPDIR``), unless given.
     """
 
     def __init__(self, directory: str | None = None) -> None:
@@ -312,27 +325,29 @@ class ConversionSpool:
     def __len__(self) -> int:
         return len(self._layout)
 
-    def add(self, tensor: torch.Tensor) -> int:
-        """Write ``tensor``'s bytes; return its position for :meth:`tensors`."""
+    def add(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> int:
+        """Write ``tensor`` (as ``dtype``, its own by default); return its position for :meth:`tensors`."""
         if self._file is None:
             self._file = tempfile.TemporaryFile(dir=self._directory, prefix="ray-zerocopy-spool-")  # noqa: SIM115
-        tensor = tensor.contiguous()
-        padding = -self._size % 64
-        if padding:
-            self._file.write(b"\0" * padding)
-            self._size += padding
-        self._layout.append((self._size, tensor.dtype, tuple(tensor.shape)))
-        nbytes = tensor.numel() * tensor.element_size()
+        dtype = dtype or tensor.dtype
+        offset = -(-self._size // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        nbytes = tensor.numel() * dtype.itemsize
+        self._layout.append((offset, dtype, tuple(tensor.shape)))
+        self._size = offset + nbytes
         if nbytes:
-            self._file.write(tensor.view(-1).view(torch.uint8).numpy().data)
-        self._size += nbytes
+            fd = self._file.fileno()
+            os.ftruncate(fd, self._size)
+            region = mmap.mmap(fd, nbytes, offset=offset)  # shared and writable: the file's pages
+            array = np.frombuffer(region, dtype=np.uint8)
+            torch.from_numpy(array).view(dtype).view(tensor.shape).copy_(tensor)
+            del array  # the last export of the region: it can be closed now
+            region.close()
         return len(self._layout) - 1
 
     def tensors(self) -> list[torch.Tensor]:
         """Views of every added tensor, in order (maps the file; call once, after the last add)."""
         if self._file is None:
             return []
-        self._file.flush()
         if self._size:
             self._mapping = mmap.mmap(self._file.fileno(), self._size, access=mmap.ACCESS_READ)
         views = []
@@ -343,10 +358,8 @@ class ConversionSpool:
             if nbytes == 0:
                 views.append(torch.empty(shape, dtype=dtype))
                 continue
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
-                raw = torch.frombuffer(self._mapping, dtype=torch.uint8, count=nbytes, offset=offset)
-            views.append(raw.view(dtype).reshape(shape))
+            assert self._mapping is not None
+            views.append(mapped_bytes(self._mapping, offset, nbytes).view(dtype).reshape(shape))
         return views
 
     def close(self) -> None:
