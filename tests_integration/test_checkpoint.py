@@ -9,6 +9,7 @@ the node holds the weights once afterwards.
 
 from __future__ import annotations
 
+import functools
 import gc
 import shutil
 import textwrap
@@ -402,3 +403,36 @@ def test_sharing_a_checkpoint_makes_no_private_copy_and_the_node_holds_it_once(
     assert in_store + cached <= 1.1 * stored, f"store +{in_store / MIB:.0f} MiB, file cache {cached / MIB:.0f} MiB"
     assert torch.equal(ray.get(sharer.last_weight_rows.remote()), expected_rows)
     ray.kill(sharer)
+
+
+def test_publishing_a_checkpoint_never_stores_a_second_copy(tmp_path: Path, published: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    from ray_zerocopy import publish
+
+    mib = 128
+    torch.manual_seed(6)
+    save_file(Wide(mib).state_dict(), tmp_path / "wide.safetensors")
+    published.append("ckpt-wide")
+    gc.collect()
+    before = store_bytes_used()
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], store_bytes_used())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        info = publish("ckpt-wide", Checkpoint(tmp_path / "wide.safetensors", functools.partial(Wide, mib)))
+    finally:
+        done.set()
+        watcher.join()
+    assert info.built_by == "loader" and info.nbytes >= 0.99 * mib * MIB
+    assert peak[0] - before <= 1.1 * info.nbytes, f"the store peaked at +{(peak[0] - before) / MIB:.0f} MiB"
+    assert store_bytes_used() - before >= 0.99 * info.nbytes
+    assert cached_file_bytes(tmp_path / "wide.safetensors") < 0.1 * info.nbytes
+    assert aliases_object_store(load_published("ckpt-wide").layers[0].weight)

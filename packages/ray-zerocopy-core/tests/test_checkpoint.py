@@ -129,13 +129,21 @@ def test_every_safetensors_dtype_is_read_bit_exact(tmp_path: Path, dtype: torch.
         assert files.tensors["empty"].tensor.shape == (0, 4)
 
 
-def test_files_page_cache_is_dropped_on_close(tmp_path: Path) -> None:
-    path = tmp_path / "big.safetensors"
-    write_safetensors(path, {"w": torch.ones(1024, 1024)})
-    with CheckpointFiles(path) as files:
-        files.tensors["w"].tensor.sum()  # read every page through the mapping
-        assert cached_file_bytes(path) >= 4 * 1024**2
-    assert cached_file_bytes(path) < 64 * 1024
+@pytest.mark.parametrize("name", ["big.safetensors", "big.pt"])
+def test_files_page_cache_is_dropped_on_close_even_with_a_view_alive(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    weights = torch.arange(1024 * 1024, dtype=torch.float32).view(1024, 1024)
+    if name.endswith(".pt"):
+        torch.save({"w": weights}, path)
+    else:
+        write_safetensors(path, {"w": weights})
+    files = CheckpointFiles(path)
+    view = files.tensors["w"].tensor
+    view.sum()  # read every page through the mapping
+    assert cached_file_bytes(path) >= 4 * 1024**2
+    files.close()
+    assert cached_file_bytes(path) < 64 * 1024  # dropped, though `view` still maps the file
+    assert torch.equal(view, weights)  # and reads it back from the file
 
 
 def test_views_keep_their_mapping_alive_after_close(tmp_path: Path) -> None:

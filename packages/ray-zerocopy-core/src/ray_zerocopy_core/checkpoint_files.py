@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError
+from ray_zerocopy_core.memory import unmap_file_pages
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,13 @@ class CheckpointFiles:
         return sum(t.tensor.numel() * t.tensor.element_size() for t in self.tensors.values())
 
     def close(self) -> None:
-        """Drop every view, unmap the files and drop their pages from the page cache."""
+        """Drop every view, unmap the files and drop their pages from the page cache.
+
+        A view someone still holds keeps its mapping, but its pages leave this process's
+        page tables first, so the page cache can drop them all the same.
+        """
+        for found in self.tensors.values():
+            unmap_file_pages(found.tensor)
         self.tensors = {}
         for mapping in self._mappings:
             try:

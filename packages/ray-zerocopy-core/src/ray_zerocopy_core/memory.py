@@ -52,6 +52,7 @@ _MAX_GAP = 64
 
 _PROT_READ = 0x1
 _PROT_WRITE = 0x2
+_MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux 5.14+
 
 
@@ -310,3 +311,22 @@ def prefault_in_background(tensor: torch.Tensor) -> threading.Thread | None:
 def protection_supported() -> bool:
     """Whether this platform can make pages read-only (Linux with a usable libc)."""
     return _load_libc() is not None
+
+
+def unmap_file_pages(tensor: torch.Tensor) -> None:
+    """Drop the pages under ``tensor``'s storage from this process's page tables (``MADV_DONTNEED``).
+
+    Only for read-only views of a mapped *file* (a checkpoint): the bytes stay in the
+    file and a later read faults them back in. Pages no process maps can then be dropped
+    from the page cache, even while a Python object still holds the mapping.
+    """
+    libc = _load_libc()
+    storage = tensor.untyped_storage()
+    if libc is None or storage.nbytes() == 0 or tensor.device.type != "cpu":
+        return
+    start = storage.data_ptr()
+    end = start + storage.nbytes()
+    start -= start % PAGE_SIZE
+    end -= end % PAGE_SIZE  # whole pages only: the edges may belong to a neighbour still in use
+    if end > start and libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
+        logger.debug("madvise(MADV_DONTNEED) failed: errno %d", ctypes.get_errno())
