@@ -19,6 +19,10 @@ explained by :mod:`ray_zerocopy_core.fault_explainer`.
 Only memory that this process maps from shared memory (the object store) is ever
 protected; a table that never left the process is used as it is. Where protection
 cannot be applied the load still works, and a warning says so once per process.
+
+The one other kind of mapping handled here is a checkpoint file read on its way into
+the store: :func:`unmap_file_pages` lets its pages go, so that the page cache can drop
+them once they are copied.
 """
 
 from __future__ import annotations
