@@ -117,6 +117,23 @@ def test_sharded_safetensors_with_index(tmp_path: Path) -> None:
     assert torch.equal(rebuilt(Checkpoint(tmp_path, Net))(IDS), reference()(IDS))
 
 
+def test_sharded_torch_save_with_index(tmp_path: Path) -> None:
+    state = reference().state_dict()
+    keys = list(state)
+    torch.save({k: state[k] for k in keys[:4]}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: state[k] for k in keys[4:]}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    weight_map = {k: f"pytorch_model-0000{1 if i < 4 else 2}-of-00002.bin" for i, k in enumerate(keys)}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert torch.equal(rebuilt(Checkpoint(tmp_path, Net))(IDS), reference()(IDS))
+
+
+def test_a_tensor_in_two_shards_is_refused(tmp_path: Path) -> None:
+    state = file_state(reference())
+    write_safetensors(tmp_path / "a.safetensors", state)
+    write_safetensors(tmp_path / "b.safetensors", {"hidden.bias": state["hidden.bias"]})
+    expect_error(Checkpoint(tmp_path, Net), CheckpointError, "'hidden.bias'", "a.safetensors", "b.safetensors")
+
+
 @pytest.mark.parametrize("dtype", sorted(SAFETENSORS_DTYPES.values(), key=str))
 def test_every_safetensors_dtype_is_read_bit_exact(tmp_path: Path, dtype: torch.dtype) -> None:
     raw = torch.arange(24, dtype=torch.uint8).repeat(dtype.itemsize)[: 6 * dtype.itemsize]
