@@ -41,6 +41,7 @@ def check(result: subprocess.CompletedProcess[str], name: str) -> None:
 EXPECTED_OUTPUT = {
     "quickstart.py": "actors answered the same as the local model",
     "ray_data_actor_pool.py": "labelled 200 rows",
+    "checkpoint_data_pipeline.py": "labelled 96 rows from a checkpoint",
     "plain_actors.py": "actors agree with the local model",
     "task_mode.py": "ran as Ray tasks",
     "multi_model_pipeline.py": "task mode: same labels",
