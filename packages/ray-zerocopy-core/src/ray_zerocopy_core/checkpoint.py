@@ -59,7 +59,7 @@ class Checkpoint:
 
     Attributes:
         path: a ``.safetensors`` file; a directory of them (sharded or not, as
-            ``save_pretrained`` writes); a ``torch.save``d state dict (``.pt``, ``.pth``,
+            ``save_pretrained`` writes); a ``torch.save``'d state dict (``.pt``, ``.pth``,
             ``.bin``, or a directory with ``pytorch_model.bin.index.json``), read with
             ``weights_only=True``; or a ``ray.train.Checkpoint`` whose directory is one of
             these. The path is read where the model is shared (for ``publish``: the

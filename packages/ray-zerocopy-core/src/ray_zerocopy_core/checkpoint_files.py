@@ -2,12 +2,12 @@
 
 A checkpoint on disk is one of: a ``.safetensors`` file; a directory of them, with or
 without a ``model.safetensors.index.json`` (the sharded form ``save_pretrained`` writes);
-a ``torch.save``d state dict (``.pt``, ``.pth``, ``.bin``) or a directory with the
+a ``torch.save``'d state dict (``.pt``, ``.pth``, ``.bin``) or a directory with the
 sharded ``pytorch_model.bin.index.json``. :class:`CheckpointFiles` opens them:
 
 - safetensors files are parsed here (an 8-byte header length, a JSON header, then the
   raw bytes) and mapped read-only with ``mmap``; each tensor is a view of the mapping;
-- ``torch.save``d files are read with ``torch.load(mmap=True, weights_only=True)``,
+- ``torch.save``'d files are read with ``torch.load(mmap=True, weights_only=True)``,
   whose tensors are views of a mapping of the file, too.
 
 Reading such views goes through the page cache, which is shared and reclaimable: the
@@ -195,7 +195,7 @@ def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]
 
 
 def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
-    """A ``torch.save``d state dict, mapped (``mmap=True``) and restricted to plain data (``weights_only``)."""
+    """A ``torch.save``'d state dict, mapped (``mmap=True``) and restricted to plain data (``weights_only``)."""
     where = f"The checkpoint file {str(path)!r}"
     try:
         loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
