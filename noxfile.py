@@ -121,7 +121,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite (``-- --quick`` for a one-minute run; ``-- --help`` for flags)."""
+    """The benchmark suite (``-- --quick`` for a short run; ``-- --help`` for flags)."""
     install_project(session, extras="[jit,export]")
     session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data,default]")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
