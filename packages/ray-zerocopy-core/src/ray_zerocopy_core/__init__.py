@@ -6,9 +6,12 @@ Most users import from ``ray_zerocopy`` (the meta package), which re-exports all
 
 from __future__ import annotations
 
+from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import (
     BackendError,
     BackendNotInstalledError,
+    CheckpointError,
+    CheckpointNotFoundError,
     FormatVersionError,
     InvalidBackendError,
     InvalidOptionError,
@@ -55,6 +58,9 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendNotInstalledError",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointNotFoundError",
     "FormatVersionError",
     "InvalidBackendError",
     "InvalidOptionError",

@@ -64,3 +64,11 @@ class WeightsUnavailableError(ZeroCopyError, RuntimeError):
 
 class ModelNotPublishedError(ZeroCopyError, LookupError):
     """No model is published under a name: never published, unpublished, or its holder actor died."""
+
+
+class CheckpointError(ZeroCopyError, ValueError):
+    """Checkpoint files cannot be shared as they are: corrupted, mismatched with the model, or unsafe."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path, or a shard its index names, does not exist."""

@@ -52,11 +52,14 @@ import torch
 from ray import cloudpickle
 
 from ray_zerocopy_core import _holder
+from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
 from ray_zerocopy_core.errors import ModelNotPublishedError, WeightsUnavailableError
 from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.pipeline import SharedPipeline, find_model_attrs
+from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_model_attrs
 from ray_zerocopy_core.plugin import LoadOptions
-from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
+from ray_zerocopy_core.sharing import require_backend
+from ray_zerocopy_core.store import stored_payload
 
 #: The Ray namespace of the holder actors: names are cluster-wide, whatever namespace
 #: the calling job runs in.
@@ -117,12 +120,16 @@ def _meta(shared: SharedPipeline, backends: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _build_stream(loader: Callable[[], Any], model_attr_names: list[str] | None) -> Iterator[Any]:
+def _build_stream(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | None) -> Iterator[Any]:
     """Runs in a task the holder submits: build, store, then stream the metadata and each stored value.
 
     The task's streamed return objects are owned by the holder. The task's own stored
-    copy (from ``SharedPipeline.share``) is released when it ends.
+    copy (from ``SharedPipeline.share``) is released when it ends. A checkpoint is read
+    here and its stored form streamed straight from the files, with no copy before it.
     """
+    if isinstance(loader, Checkpoint):
+        yield from _checkpoint_stream(loader)
+        return
     model = loader()
     shared = SharedPipeline.share(model, model_attr_names)
     backends = _backend_names(model, model_attr_names)
@@ -133,6 +140,23 @@ def _build_stream(loader: Callable[[], Any], model_attr_names: list[str] | None)
         yield value
         del value
     shared.release()
+    _holder.trim_heap()
+
+
+def _checkpoint_stream(checkpoint: Checkpoint) -> Iterator[Any]:
+    """The metadata, then the stored model read from ``checkpoint``'s files (the one copy in the store)."""
+    backend = require_backend(checkpoint)
+    with CheckpointReader(checkpoint) as reader:
+        payload = reader.payload()
+        payload.backend_locator = backend_locator(backend)
+        yield {
+            "attrs": [BARE_MODEL],
+            "skeleton": cloudpickle.dumps(None),
+            "nbytes": {BARE_MODEL: payload.nbytes},
+            "backends": {BARE_MODEL: backend.name},
+        }
+        yield stored_payload(payload, what=f"checkpoint {checkpoint}")
+        del payload  # the last view of the files: they are unmapped and their cache dropped next
     _holder.trim_heap()
 
 
@@ -248,6 +272,8 @@ def _holder_gone(name: str, holder: str, cause: BaseException | None = None) -> 
 
 
 def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
+    if isinstance(obj, Checkpoint):
+        return True  # read by the holder's task, on its node
     if find_backend(obj) is not None or model_attr_names is not None:
         return False
     if inspect.isclass(obj) or inspect.isroutine(obj):
@@ -304,9 +330,12 @@ def publish(
     Args:
         name: cluster-wide name (any non-empty string).
         model_or_loader: an ``nn.Module`` (or any object a backend handles), a pipeline
-            whose attributes are models, or a zero-argument callable that returns one
-            (a function, a class, a callable object without model attributes). A loader
-            runs in a Ray task the holder actor starts, so this process never holds the model.
+            whose attributes are models, a zero-argument callable that returns one
+            (a function, a class, a callable object without model attributes), or a
+            :class:`~ray_zerocopy_core.checkpoint.Checkpoint`. A loader or a checkpoint
+            is read in a Ray task the holder actor starts, so this process never holds the
+            model; a checkpoint's bytes go from its files (on the holder's node) straight
+            into the object store, with no transient second copy.
         model_attr_names: pipeline attributes to share; found automatically if None.
         device, use_fast_load, writable, prefault: the defaults of
             :func:`load_published` for this model (as for ``ActorWrapper``).
@@ -345,7 +374,7 @@ def publish(
     return PublishedModel(**info)
 
 
-def _job(loader: Callable[[], Any], model_attr_names: list[str] | None) -> bytes:
+def _job(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | None) -> bytes:
     """The loader as the holder's build task runs it, pickled here (the holder never unpickles it)."""
     try:
         return bytes(cloudpickle.dumps(functools.partial(_build_stream, loader, model_attr_names)))
@@ -359,7 +388,7 @@ def _job(loader: Callable[[], Any], model_attr_names: list[str] | None) -> bytes
 
 def get_or_publish(
     name: str,
-    loader: Callable[[], Any],
+    loader: Callable[[], Any] | Checkpoint,
     *,
     model_attr_names: Iterable[str] | None = None,
     device: str | torch.device | None = None,
@@ -385,8 +414,9 @@ def get_or_publish(
 
     Args:
         name: cluster-wide name.
-        loader: zero-argument callable that returns the model (or pipeline); it runs in
-            a Ray task the holder actor starts, so it and what it uses must be picklable.
+        loader: zero-argument callable that returns the model (or pipeline), or a
+            :class:`~ray_zerocopy_core.checkpoint.Checkpoint`; it runs (is read) in a Ray
+            task the holder actor starts, so it and what it uses must be picklable.
         model_attr_names: pipeline attributes to share; found automatically if None.
         device, use_fast_load, writable, prefault: how this caller's copy is loaded (as
             ``wrapper.load()``); when this call publishes, they also become the model's
@@ -397,7 +427,7 @@ def get_or_publish(
         The ready model or pipeline.
     """
     _check_name(name)
-    if not callable(loader):
+    if not (callable(loader) or isinstance(loader, Checkpoint)):
         raise TypeError(
             f"get_or_publish needs a zero-argument callable that builds the model, got "
             f"{type(loader).__qualname__}. To publish a model you already have, use publish()."

@@ -17,10 +17,10 @@ import ray
 import torch
 from ray import cloudpickle
 
+from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, PipelineError, WrapperReleasedError
 from ray_zerocopy_core.plugin import Backend, split_tensors
-from ray_zerocopy_core.registry import backend_for, find_backend
-from ray_zerocopy_core.sharing import share_model
+from ray_zerocopy_core.sharing import model_backend, require_backend, share_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
 BARE_MODEL = ""
@@ -42,7 +42,7 @@ def find_models(pipeline: Any) -> dict[str, tuple[Any, Backend]]:
     """``pipeline``'s attributes that some backend can share: name to (model, backend), in order."""
     found = {}
     for name, value in _attributes(pipeline).items():
-        backend = find_backend(value)
+        backend = model_backend(value)
         if backend is not None:
             found[name] = (value, backend)
     return found
@@ -67,7 +67,7 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
             )
         value = getattr(pipeline, name)
         try:
-            models[name] = (value, backend_for(value))
+            models[name] = (value, require_backend(value))
         except BackendNotInstalledError:
             raise
         except BackendError as exc:
@@ -204,7 +204,7 @@ class SharedPipeline:
         ``method_names`` (task mode) must each be a method of at least one model; this is
         checked here, before anything is stored, rather than in a remote task later.
         """
-        backend = find_backend(obj) if model_attr_names is None else None
+        backend = model_backend(obj) if model_attr_names is None else None
         if backend is not None:
             models = {BARE_MODEL: (obj, backend)}
             skeleton = None
@@ -220,12 +220,14 @@ class SharedPipeline:
             for name in models:
                 setattr(skeleton, name, None)
             check_skeleton(skeleton)
-        _check_methods({name: model for name, (model, _) in models.items()}, method_names)
+        built = {name: model for name, (model, _) in models.items() if not isinstance(model, Checkpoint)}
+        if built:  # a checkpoint's module exists only while its files are read: its methods are not checked
+            _check_methods(built, method_names)
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
-        for name, (model, model_backend) in models.items():
+        for name, (model, backend_of_model) in models.items():
             what = f"model {name!r}" if name else "model"
-            refs[name], sizes[name] = share_model(model, model_backend, what=what)
+            refs[name], sizes[name] = share_model(model, backend_of_model, what=what)
         return cls(skeleton, refs, sizes)
 
     @property

@@ -2,7 +2,9 @@
 
 The floor between the store and the execution modes: :func:`share_model` asks the
 model's backend for its payload and stores it; :func:`rebuild_model` fetches a stored
-payload and asks the backend that made it to rebuild it.
+payload and asks the backend that made it to rebuild it. A
+:class:`~ray_zerocopy_core.checkpoint.Checkpoint` stands for a model here: it is
+stored as the eager backend stores modules, its bytes read straight from its files.
 """
 
 from __future__ import annotations
@@ -11,14 +13,28 @@ from typing import Any
 
 import ray
 
+from ray_zerocopy_core.backends.nn import NNBackend
+from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.plugin import Backend
-from ray_zerocopy_core.registry import backend_locator, get_backend
+from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend, get_backend
 from ray_zerocopy_core.store import fetch_payload, put_payload
+
+
+def model_backend(value: Any) -> Backend | None:
+    """The backend that shares ``value`` (a checkpoint: the eager one), or None if it is no model."""
+    return get_backend(NNBackend.name) if isinstance(value, Checkpoint) else find_backend(value)
+
+
+def require_backend(value: Any) -> Backend:
+    """As :func:`model_backend`, but an object no backend takes raises ``BackendError``."""
+    return get_backend(NNBackend.name) if isinstance(value, Checkpoint) else backend_for(value)
 
 
 def share_model(model: Any, backend: Backend, what: str = "model") -> tuple[ray.ObjectRef, int]:
     """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes."""
+    if isinstance(model, Checkpoint):
+        return share_checkpoint(model, backend, what)
     payload = backend.extract(model)
     payload.backend_locator = backend_locator(backend)
     return put_payload(payload, what=what), payload.nbytes
@@ -28,3 +44,16 @@ def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:
     """Fetch a stored model and rebuild it with the backend that stored it."""
     payload = fetch_payload(ref_or_payload)
     return get_backend(payload.backend, locator=payload.backend_locator or None).rebuild(payload, options)
+
+
+def share_checkpoint(checkpoint: Checkpoint, backend: Backend, what: str = "model") -> tuple[ray.ObjectRef, int]:
+    """Store the model ``checkpoint`` describes, its bytes copied from the files into the store once.
+
+    The files are unmapped and their cached pages dropped before this returns.
+    """
+    with CheckpointReader(checkpoint) as reader:
+        payload = reader.payload()
+        payload.backend_locator = backend_locator(backend)
+        stored = put_payload(payload, what=what), payload.nbytes
+        del payload  # the last view of the files: they can be unmapped now
+    return stored

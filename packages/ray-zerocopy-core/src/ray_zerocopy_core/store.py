@@ -41,6 +41,14 @@ def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
     """Write ``payload`` into the object store once; refuse up front if it can never fit."""
     if not ray.is_initialized():
         ray.init()
+    return ray.put(stored_payload(payload, what))
+
+
+def stored_payload(payload: ModelPayload, what: str = "model") -> ModelPayload:
+    """``payload`` as it is stored (its table framed by guards), checked to fit the object store.
+
+    :func:`put_payload` stores it; a task that returns or yields it stores it as its result.
+    """
     capacity = object_store_capacity()
     needed = payload.nbytes + len(payload.skeleton)
     if capacity is not None and needed > capacity:
@@ -50,8 +58,7 @@ def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
             "store (ray.init(object_store_memory=...) or `ray start --object-store-memory`), "
             "or shrink the model (e.g. bfloat16 weights)."
         )
-    stored = ModelPayload(payload.backend, payload.skeleton, guard_table(payload.table), payload.backend_locator)
-    return ray.put(stored)
+    return ModelPayload(payload.backend, payload.skeleton, guard_table(payload.table), payload.backend_locator)
 
 
 def fetch_payload(ref_or_payload: Any) -> ModelPayload:

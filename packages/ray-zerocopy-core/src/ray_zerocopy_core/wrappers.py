@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import InvalidOptionError, UnknownMethodError, WrongModeError
 from ray_zerocopy_core.modes.actor import load_pipeline
 from ray_zerocopy_core.modes.task import rewrite_for_tasks
@@ -137,6 +138,25 @@ class ModelWrapper:
         wrapper = cls.__new__(cls)
         ModelWrapper.__init__(wrapper, model_or_pipeline, mode, model_attr_names, method_names, **options)
         return wrapper
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, mode: Mode = _DEFAULT_MODE, **options: Any) -> ModelWrapper:
+        """Wrap the model ``checkpoint`` describes, its weights streamed from the files into the store.
+
+        The result behaves exactly like a wrapper of the built and loaded model
+        (``from_model``); this process never holds a private copy of the weights. Takes
+        the same options as :meth:`from_model` (``mode`` only on ``ModelWrapper``).
+
+        Example::
+
+            wrapper = ActorWrapper.from_checkpoint(Checkpoint("llama-dir/", AutoModelForCausalLM))
+        """
+        if not isinstance(checkpoint, Checkpoint):
+            raise InvalidOptionError(
+                f"from_checkpoint takes a ray_zerocopy.Checkpoint, got {type(checkpoint).__qualname__}. "
+                "Describe the files with Checkpoint(path, model), or wrap a built model with from_model."
+            )
+        return cls.from_model(checkpoint, mode, **options)
 
     @classmethod
     def for_tasks(

@@ -28,18 +28,26 @@ class NNBackend:
 
     def extract(self, model: Any) -> plugin.ModelPayload:
         """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""
+        skeleton, tensors = self.split(model)
+        names = _tensor_names(model, tensors)
+        return plugin.ModelPayload(self.name, skeleton, plugin.build_table(list(zip(names, tensors))))
+
+    def split(self, model: Any) -> tuple[bytes, list[torch.Tensor]]:
+        """The skeleton of ``model`` (pickled without its tensors) and its tensors in skeleton order.
+
+        :meth:`extract` indexes these tensors; a checkpoint (:mod:`ray_zerocopy_core.checkpoint`)
+        puts the files' tensors in their places instead.
+        """
         if isinstance(model, torch.jit.ScriptModule):
             raise plugin.UnsupportedModelError("ScriptModules are shared by the 'jit' backend, not 'nn'.")
         try:
-            skeleton, tensors = plugin.split_tensors(model)
+            return plugin.split_tensors(model)
         except Exception as exc:
             raise plugin.UnsupportedModelError(
                 f"Could not pickle the model {type(model).__qualname__} without its weights: {exc}. "
                 "Models must be picklable (as for ray.put); move unpicklable state "
                 "(open files, locks, compiled functions) out of the module."
             ) from exc
-        names = _tensor_names(model, tensors)
-        return plugin.ModelPayload(self.name, skeleton, plugin.build_table(list(zip(names, tensors))))
 
     def rebuild(self, payload: plugin.ModelPayload, options: plugin.LoadOptions) -> Any:
         """Unpickle the skeleton with zero-copy tensors; eval mode, no grad."""

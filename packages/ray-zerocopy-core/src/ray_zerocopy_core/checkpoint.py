@@ -1,0 +1,345 @@
+"""Checkpoints: a model described by its files, shared without ever holding it in private memory.
+
+:class:`Checkpoint` says where a model's weights are on disk and how to build its
+structure. Sharing it (``ActorWrapper.from_checkpoint``, ``publish(name, checkpoint)``)
+goes through :class:`CheckpointReader`:
+
+1. the module is built with its **parameters on the ``meta`` device** (no memory, no
+   random init) and its buffers real, as the constructor makes them (small; the files
+   may not hold them: rotary ``inv_freq``, ``position_ids``...);
+2. the eager backend's skeleton is taken from that module, so the stored model is
+   rebuilt exactly like one wrapped from memory (ties included: one tensor);
+3. in each parameter's place goes a read-only view of its bytes in the mapped files
+   (:mod:`ray_zerocopy_core.checkpoint_files`); Ray copies them from the page cache
+   into the object store, the one full copy; then the files' cached pages are dropped.
+
+Tensors that must be computed (``dtype`` conversion, transformers conversions that
+fuse or split tensors) are written one at a time to a temporary spool file and mapped
+back, so private memory never holds more than one of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ray_zerocopy_core.backends.nn import NNBackend
+from ray_zerocopy_core.checkpoint_files import CheckpointFiles, ConversionSpool, FileTensor
+from ray_zerocopy_core.checkpoint_transformers import KeyConversion, build_transformers_model, transformers_class
+from ray_zerocopy_core.errors import CheckpointError, InvalidOptionError
+from ray_zerocopy_core.plugin import ModelPayload, build_table
+
+#: What a checkpoint's ``model`` may be: a zero-argument factory, a transformers class, or its name.
+ModelSource = Callable[[], nn.Module] | type | str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model on disk: its weight files and how to build the module they belong to.
+
+    Share it with ``ActorWrapper.from_checkpoint(checkpoint)`` (or ``TaskWrapper`` /
+    ``ModelWrapper.from_checkpoint``), ``publish(name, checkpoint)`` or
+    ``get_or_publish(name, checkpoint)``, or use it as a model attribute of a pipeline.
+    The weights go from the files straight into the object store: the reading process
+    never holds a private copy (see :mod:`ray_zerocopy_core.checkpoint`).
+
+    Example::
+
+        from ray_zerocopy import ActorWrapper, Checkpoint
+
+        wrapper = ActorWrapper.from_checkpoint(Checkpoint("gpt2-dir/", AutoModelForCausalLM))
+        wrapper = ActorWrapper.from_checkpoint(Checkpoint("classifier.pt", lambda: Classifier(classes=10)))
+
+    Attributes:
+        path: a ``.safetensors`` file; a directory of them (sharded or not, as
+            ``save_pretrained`` writes); a ``torch.save``d state dict (``.pt``, ``.pth``,
+            ``.bin``, or a directory with ``pytorch_model.bin.index.json``), read with
+            ``weights_only=True``; or a ``ray.train.Checkpoint`` whose directory is one of
+            these. The path is read where the model is shared (for ``publish``: the
+            holder's task, on its node).
+        model: a zero-argument callable that builds the module (called with parameters
+            on the ``meta`` device, so it costs no memory), or a Hugging Face transformers
+            model class (``AutoModelForCausalLM``, ``BertModel``...) or its name as a
+            string, in which case ``path`` is a ``save_pretrained`` directory and its
+            ``config.json`` defines the model.
+        dtype: ``None`` stores the weights as the files hold them; a floating-point dtype
+            converts every floating-point weight while streaming (one tensor at a time).
+            The result equals the built model after ``.to(dtype)`` for a factory, and
+            ``from_pretrained(..., dtype=dtype)`` for a transformers class.
+        strict: as in ``load_state_dict``: every key in the files must be one the model
+            has, and every parameter and persistent buffer must be in the files. With
+            ``strict=False`` extra keys in the files are skipped and buffers the files
+            lack keep their built values; parameters must always be in the files.
+    """
+
+    path: Any
+    model: ModelSource
+    dtype: torch.dtype | None = None
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, nn.Module):
+            raise InvalidOptionError(
+                f"Checkpoint(model=...) takes a function that builds the module (e.g. lambda: "
+                f"{type(self.model).__name__}(...)), not a built module: its weights would exist twice. To share "
+                "a module you have built and loaded already, use ActorWrapper(model) or from_model."
+            )
+        if not (callable(self.model) or isinstance(self.model, str)):
+            raise InvalidOptionError(
+                f"Checkpoint(model=...) must be a zero-argument function that builds the module, or a "
+                f"transformers model class (or its name); got {type(self.model).__qualname__}."
+            )
+        if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise InvalidOptionError(
+                f"Checkpoint(dtype=...) must be None or a floating-point torch.dtype such as torch.bfloat16, "
+                f"got {self.dtype!r}."
+            )
+
+    def __str__(self) -> str:
+        model = self.model if isinstance(self.model, str) else getattr(self.model, "__qualname__", repr(self.model))
+        return f"Checkpoint({_describe_path(self.path)!r}, {model})"
+
+
+def _describe_path(path: Any) -> str:
+    inner = getattr(path, "path", None)
+    return str(inner if inner is not None and not isinstance(path, (str, os.PathLike)) else path)
+
+
+@contextlib.contextmanager
+def local_directory(path: Any) -> Iterator[Path]:
+    """The local path of a checkpoint location (a ``ray.train.Checkpoint`` is made local while used)."""
+    if hasattr(path, "as_directory") and not isinstance(path, (str, os.PathLike)):
+        with path.as_directory() as directory:
+            yield Path(directory)
+    else:
+        yield Path(os.fspath(path))
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """While active, every parameter a module registers is moved to the ``meta`` device.
+
+    Buffers stay real: their values are what the constructor computes, which the files
+    may not hold. Initialization code then runs on meta tensors and costs nothing.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def build_skeleton_module(checkpoint: Checkpoint, location: Path) -> tuple[nn.Module, KeyConversion | None]:
+    """The checkpoint's module with parameters on ``meta``, and its key conversion (transformers only)."""
+    cls = transformers_class(checkpoint.model)
+    if cls is not None:
+        directory = location if location.is_dir() else location.parent
+        model = build_transformers_model(cls, directory, checkpoint.dtype, parameters_on_meta)
+        return model, KeyConversion.for_model(model)
+    factory = checkpoint.model
+    assert callable(factory)
+    try:
+        with parameters_on_meta():
+            model = factory()
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        message = f"The checkpoint's model factory {factory!r} failed: {type(exc).__name__}: {exc}"
+        raise CheckpointError(message) from exc
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        raise CheckpointError(
+            f"The checkpoint's model factory {factory!r} returned a {type(model).__qualname__}; it must return "
+            "an eager torch.nn.Module (the module the checkpoint's state dict belongs to)."
+        )
+    return model, None
+
+
+@dataclass
+class _Slot:
+    """One tensor of the module's skeleton: its names, its built value, and what will fill it."""
+
+    names: list[str]
+    built: torch.Tensor
+    is_parameter: bool
+    persistent: bool
+    source: FileTensor | None = None
+    spooled: int | None = None  # position in the conversion spool, when computed
+
+
+class CheckpointReader:
+    """Reads a :class:`Checkpoint` into a payload whose weight bytes are views of the files.
+
+    Use as a context manager; drop every reference to the payload (after storing it)
+    before the block ends, so that the files can be unmapped and their cache dropped::
+
+        with CheckpointReader(checkpoint) as reader:
+            payload = reader.payload()
+            ref = put_payload(payload)
+            del payload
+    """
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self._stack = contextlib.ExitStack()
+        self._spool = ConversionSpool()
+        self._stack.callback(self._spool.close)
+        try:
+            location = self._stack.enter_context(local_directory(checkpoint.path))
+            self.files = CheckpointFiles(location)
+            self._stack.callback(self.files.close)
+            self.module, self.conversion = build_skeleton_module(checkpoint, location)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap the files, drop their page cache, remove the spool."""
+        self.module = None  # type: ignore[assignment]
+        self._stack.close()
+
+    def payload(self) -> ModelPayload:
+        """The model as the eager backend stores it, with the files' bytes in place of its tensors."""
+        skeleton, tensors = NNBackend().split(self.module)
+        slots = self._slots(tensors)
+        self._fill_from_files(slots)
+        self._check_complete(slots)
+        self._convert_built(slots)
+        views = self._spool.tensors()
+        named = []
+        for slot in slots:
+            if slot.spooled is not None:
+                tensor = views[slot.spooled]
+            else:
+                tensor = slot.source.tensor if slot.source is not None else slot.built
+            if slot.is_parameter:
+                tensor = nn.Parameter(tensor, requires_grad=False)
+            named.append((slot.names[0] if slot.names else "?", tensor))
+        return ModelPayload(NNBackend.name, skeleton, build_table(named))
+
+    # --- the steps of payload() --------------------------------------------------------
+
+    def _slots(self, tensors: list[torch.Tensor]) -> list[_Slot]:
+        position = {id(t): i for i, t in enumerate(tensors)}
+        slots = [_Slot([], t, isinstance(t, nn.Parameter), False) for t in tensors]
+        for name, tensor in self.module.state_dict(keep_vars=True).items():
+            if id(tensor) in position:
+                slots[position[id(tensor)]].names.append(name)
+                slots[position[id(tensor)]].persistent = True
+        for name, tensor in self.module.named_buffers(remove_duplicate=False):
+            if id(tensor) in position and name not in slots[position[id(tensor)]].names:
+                slots[position[id(tensor)]].names.append(name)
+        return slots
+
+    def _fill_from_files(self, slots: list[_Slot]) -> None:
+        by_name = {name: slot for slot in slots if slot.persistent for name in slot.names}
+        unexpected: list[FileTensor] = []
+        for key, found in self.files.tensors.items():
+            target, pattern = self.conversion.target(key) if self.conversion else (key, None)
+            if target not in by_name:
+                if not (self.conversion and self.conversion.is_ignored(key)):
+                    unexpected.append(found)
+                continue
+            if pattern is not None and self.conversion is not None:
+                self.conversion.collect(target, key, pattern, found.tensor)
+                continue
+            slot = by_name[target]
+            if slot.source is None:  # tied names: the first the files hold wins, as ties are made again
+                slot.source = found
+        if unexpected and self.checkpoint.strict:
+            listed = ", ".join(f"{t.key!r} (in {t.path.name})" for t in unexpected[:5])
+            more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+            raise CheckpointError(
+                f"The checkpoint {self.checkpoint} holds {len(unexpected)} tensors the model does not have: "
+                f"{listed}{more}. Check that the model matches the files, or pass strict=False to skip them."
+            )
+        for slot in slots:
+            if slot.source is not None:
+                self._check_source(slot, slot.source)
+        if self.conversion is not None:
+            for target, tensor in self.conversion.convert_groups():
+                converted_slot = by_name.get(target)
+                if converted_slot is None:
+                    continue
+                self._check_shape(converted_slot, target, tensor.shape, "transformers' conversion")
+                converted_slot.spooled = self._spool.add(self._converted(tensor, converted_slot))
+                del tensor
+
+    def _check_shape(self, slot: _Slot, key: str, shape: torch.Size, where: str) -> None:
+        if tuple(shape) != tuple(slot.built.shape):
+            raise CheckpointError(
+                f"Tensor {key!r} from {where} has shape {list(shape)}, but the model's {slot.names[0]!r} has "
+                f"shape {list(slot.built.shape)}. The files belong to another configuration of the model: "
+                "build the module with the configuration the checkpoint was saved from."
+            )
+
+    def _check_source(self, slot: _Slot, found: FileTensor) -> None:
+        where = f"{str(found.path)!r}"
+        self._check_shape(slot, found.key, found.tensor.shape, where)
+        file_dtype, model_dtype = found.tensor.dtype, slot.built.dtype
+        if file_dtype.is_floating_point != model_dtype.is_floating_point or (
+            not file_dtype.is_floating_point and file_dtype != model_dtype
+        ):
+            raise CheckpointError(
+                f"Tensor {found.key!r} in {where} is {file_dtype}, but the model's {slot.names[0]!r} is "
+                f"{model_dtype}: the files do not belong to this model."
+            )
+        target = self.checkpoint.dtype if self.checkpoint.dtype and file_dtype.is_floating_point else model_dtype
+        if file_dtype != target:
+            if self.checkpoint.dtype is None:
+                raise CheckpointError(
+                    f"Tensor {found.key!r} in {where} is {file_dtype}, but the model builds {slot.names[0]!r} "
+                    f"as {model_dtype}. Pass Checkpoint(..., dtype={file_dtype}) to keep the files' dtype, or "
+                    f"dtype={model_dtype} to convert while sharing."
+                )
+            slot.spooled = self._spool.add(found.tensor.to(target))
+
+    def _converted(self, tensor: torch.Tensor, slot: _Slot) -> torch.Tensor:
+        target = self.checkpoint.dtype or slot.built.dtype
+        return tensor.to(target) if tensor.is_floating_point() and tensor.dtype != target else tensor
+
+    def _check_complete(self, slots: list[_Slot]) -> None:
+        missing = [
+            slot
+            for slot in slots
+            if slot.source is None
+            and slot.spooled is None
+            and (slot.built.device.type == "meta" or (slot.persistent and self.checkpoint.strict))
+        ]
+        if missing:
+            names = [slot.names[0] if slot.names else "(unnamed tensor)" for slot in missing]
+            listed = ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            files = ", ".join(p.name for p in self.files.paths)
+            raise CheckpointError(
+                f"The checkpoint {self.checkpoint} lacks {len(missing)} tensors the model needs: {listed} "
+                f"(files: {files}). Check that the model matches the files (a missing shard, another "
+                "architecture?); strict=False keeps built buffers but parameters must be in the files."
+            )
+
+    def _convert_built(self, slots: list[_Slot]) -> None:
+        """Built buffers follow ``.to(dtype)`` for a factory (transformers builds in the dtype already)."""
+        dtype = self.checkpoint.dtype
+        if dtype is None or self.conversion is not None:
+            return
+        for slot in slots:
+            if slot.source is None and slot.spooled is None and slot.built.is_floating_point():
+                slot.built = slot.built.to(dtype)
