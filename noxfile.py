@@ -128,6 +128,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_checkpoint(session: nox.Session) -> None:
+    """From checkpoint files to the store vs plain PyTorch, ``from_pretrained`` (``-- --scale-gib 10``: scale)."""
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]", "transformers", "safetensors")
+    session.run("python", "benchmarks/checkpoint.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
 def bench_named(session: nox.Session) -> None:
     """Named models switched by multiplexed replicas vs ``torch.load`` per switch (``-- --help`` for flags)."""
     install_project(session)

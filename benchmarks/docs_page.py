@@ -165,7 +165,9 @@ def notes(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + PROFILE + "\n"
 
 
-MULTIPLEX_INTRO = """## Named models: multiplexed switches (`nox -s bench_named`)
+#: Pages of the other benchmark scripts, added when their results are next to the suite's.
+SECTIONS = {
+    "multiplex": """## Named models: multiplexed switches (`nox -s bench_named`)
 
 Models published by name (`publish`) and emulated `@serve.multiplexed` replicas that
 each keep fewer than all of them loaded, so every request is a switch to a model the
@@ -174,7 +176,18 @@ switch, read or mapped (`mmap=True`, `assign=True`), the page cache warm. The he
 switch + first forward, what the request waits for. Node memory counts the object
 store's growth, every replica's private growth and the holder actor's process, over the
 same weight bytes for every method.
-"""
+""",
+    "checkpoint": """## From checkpoint files (`nox -s bench_checkpoint`)
+
+A random GPT-2-like model written with `save_pretrained` (and `torch.save` of its state
+dict), shared from its files into the object store: `ActorWrapper.from_checkpoint` against
+the plain PyTorch path (build, `load_state_dict(torch.load(...))`, `ActorWrapper`) and
+transformers' `from_pretrained` + `ActorWrapper`, beside a floor (one read of the files
+plus one copy of their bytes). Each method starts with the files out of the page cache,
+in its own fresh process on a new Ray. `-- --scale-gib 10` is the scale point (not in
+CI): a 10 GiB checkpoint loaded in 4 actors, with the peak node memory.
+""",
+}
 
 
 def main(results_path: Path) -> None:
@@ -188,9 +201,10 @@ def main(results_path: Path) -> None:
     before, after = body.split("## Models", 1)
     elapsed = f"{results['elapsed_s'] / 60:.0f} minutes" if results.get("elapsed_s") else "some minutes"
     page = INTRO.replace("{elapsed}", elapsed) + before + notes(results) + "## Models" + after
-    multiplex = results_path.parent / "multiplex.md"  # from `nox -s bench_named`, if it ran
-    if multiplex.exists():
-        page = page.rstrip("\n") + "\n\n" + MULTIPLEX_INTRO + multiplex.read_text().split("\n", 1)[1]
+    for stem, intro in SECTIONS.items():  # from `nox -s bench_named` / `bench_checkpoint`, if they ran
+        other = results_path.parent / f"{stem}.md"
+        if other.exists():
+            page = page.rstrip("\n") + "\n\n" + intro + other.read_text().split("\n", 1)[1]
     PAGE.write_text(page)
     print(f"wrote {PAGE} and {len(list(STATIC.glob('*.png')))} plots in {STATIC}")
 
