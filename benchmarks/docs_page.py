@@ -68,11 +68,14 @@ in absolute time, which say so.
 $ nox -s bench                      # default run, {elapsed} on the machine below
 $ nox -s bench -- --quick           # a few minutes, small model, 2 actors
 $ nox -s bench -- --size 64,512 --actors 1,4 --methods zerocopy,ray_put
+$ nox -s bench_named                # named models switched by multiplexed replicas
+$ nox -s bench_checkpoint           # from checkpoint files; -- --scale-gib 10 for the scale point
 $ python benchmarks/docs_page.py    # regenerate this page from benchmarks/results/
 ```
 
 `nox -s demo` runs the short version: one 256 MiB model, 4 actors, ray-zerocopy against
-`ray.put`. Results land in `benchmarks/results/` (`results.md`, `results.json`, PNG plots).
+`ray.put`. Results land in `benchmarks/results/` (`results.md`, `results.json`, PNG plots;
+`multiplex.md` and `checkpoint.md` from the other two sessions, added to this page).
 
 """
 

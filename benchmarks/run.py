@@ -11,7 +11,8 @@ actor pool. Writes ``results.md``, ``results.json`` and PNG plots to ``--out`` a
 checks the performance targets of ``docs/design.md`` against floors and alternatives
 measured in the same run (absolute budgets are marked as such).
 
-Named models switched by multiplexed replicas are measured by ``benchmarks/multiplex.py``.
+Named models switched by multiplexed replicas are measured by ``benchmarks/multiplex.py``,
+sharing from checkpoint files by ``benchmarks/checkpoint.py``.
 """
 
 from __future__ import annotations
