@@ -67,7 +67,9 @@ def gpt2_config(size_mib: int) -> Any:
     from transformers import GPT2Config
 
     if size_mib < 16:
-        return GPT2Config(n_embd=64, n_layer=1, n_head=1, vocab_size=512, n_positions=64)
+        return GPT2Config(
+            n_embd=64, n_layer=1, n_head=1, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
     width = 256 if size_mib < 256 else 768 if size_mib < 4096 else 4096
     per_layer = 12 * width * width + 13 * width
     layers = max(1, round((size_mib * MIB / 4 - (GPT2_VOCAB + GPT2_POSITIONS + 2) * width) / per_layer))
