@@ -121,10 +121,18 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite (``-- --quick`` for a one-minute run; ``-- --help`` for flags)."""
+    """The benchmark suite (``-- --quick`` for a short run; ``-- --help`` for flags)."""
     install_project(session, extras="[jit,export]")
     session.install("psutil>=5.9", "safetensors", "matplotlib", "ray[data,default]")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench_checkpoint(session: nox.Session) -> None:
+    """From checkpoint files to the store vs plain PyTorch, ``from_pretrained`` (``-- --scale-gib 10``: scale)."""
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]", "transformers", "safetensors")
+    session.run("python", "benchmarks/checkpoint.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
 
 
 @nox.session

@@ -17,8 +17,13 @@ from benchkit.probe import BENCHMARKS_DIR
 MIB = 1024**2
 
 
-def start_ray(object_store_mib: int, num_cpus: int = 2) -> None:
-    """Start a private local Ray whose workers can import ``benchkit``; touch its store once."""
+def start_ray(object_store_mib: int, num_cpus: int = 2, pretouch: bool = True) -> None:
+    """Start a private local Ray whose workers can import ``benchkit``.
+
+    With ``pretouch`` (the default) the whole object store is written over once, so that
+    from then on every method writing into it finds its pages already faulted in (see
+    :mod:`benchkit.memory`); without, the store is fresh, as a user's first wrap finds it.
+    """
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS_DIR), path]))
     ray.init(
@@ -28,7 +33,8 @@ def start_ray(object_store_mib: int, num_cpus: int = 2) -> None:
         log_to_driver=False,
         configure_logging=False,
     )
-    pretouch_object_store(object_store_mib * MIB)
+    if pretouch:
+        pretouch_object_store(object_store_mib * MIB)
 
 
 def machine_info() -> dict[str, Any]:

@@ -27,6 +27,7 @@ import gc
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,24 +116,27 @@ class PeakSampler:
     """Samples this process's RSS and private bytes in a thread; use as a context manager.
 
     ``peak_rss`` / ``peak_private`` are the largest growths over the values at entry.
-    RSS counts the object-store pages the process writes; private bytes do not.
+    RSS counts the object-store pages the process writes; private bytes do not. What
+    counts as private is ``read_private``: ``Pss - Pss_Shmem`` by default, ``Pss_Anon``
+    (:func:`anonymous_memory_bytes`) for a process that maps files it did not copy.
     """
 
     interval: float = 0.005
+    read_private: Callable[[], int] = private_bytes
     peak_rss: int = 0
     peak_private: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakSampler:
-        self._rss0, self._private0 = rss_bytes(), private_bytes()
+        self._rss0, self._private0 = rss_bytes(), self.read_private()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
         self.peak_rss = max(self.peak_rss, rss_bytes() - self._rss0)
-        self.peak_private = max(self.peak_private, private_bytes() - self._private0)
+        self.peak_private = max(self.peak_private, self.read_private() - self._private0)
 
     def _run(self) -> None:
         while not self._stop.is_set():

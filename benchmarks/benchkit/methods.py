@@ -7,6 +7,7 @@ by the same probe (:mod:`benchkit.probe`), so their numbers compare directly.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class Method:
             runs in a subprocess driver connected to the same cluster.
         exported: whether it takes the ``torch.export`` variant of the model (an
             ExportedProgram); its worker step returns ``program.module()``, ready to call.
+        floor: a lower bound measured beside the methods, not a way to deliver the model:
+            its model's weights are placeholders, so its outputs are not compared.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Method:
     cleanup: Callable[[Any], None]
     env: tuple[tuple[str, str], ...] = ()
     exported: bool = False
+    floor: bool = False
 
 
 def _no_cleanup(handle: Any) -> None:
@@ -98,6 +102,14 @@ def _torch_save(model: nn.Module, spec: ModelSpec, workdir: Path) -> str:
 def _torch_load(handle: Any, spec: ModelSpec) -> nn.Module:
     model = fresh_model(spec)
     model.load_state_dict(torch.load(handle, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _torch_load_mmap(handle: Any, spec: ModelSpec) -> nn.Module:
+    """The strongest plain-PyTorch load: the file mapped, not read; parameters assigned, not copied."""
+    model = blank_model(spec)
+    model.load_state_dict(torch.load(handle, mmap=True, weights_only=True), assign=True)
+    model.tie_weights()
     return model.eval()
 
 
@@ -153,6 +165,17 @@ def _jit_load(handle: Any, spec: ModelSpec) -> nn.Module:
     return torch.jit.load(handle, map_location="cpu")
 
 
+def _jit_skeleton(model: nn.Module, spec: ModelSpec, workdir: Path) -> bytes:
+    """The weightless archive the jit backend stores for ``model`` (its code, placeholder weights)."""
+    from ray_zerocopy_jit.backend import JITBackend
+
+    return JITBackend().extract(model).skeleton
+
+
+def _jit_load_bytes(handle: Any, spec: ModelSpec) -> nn.Module:
+    return torch.jit.load(io.BytesIO(handle), map_location="cpu")
+
+
 # --- torch.export ---------------------------------------------------------------------------
 
 
@@ -175,6 +198,14 @@ METHODS: dict[str, Method] = {
     for method in (
         Method("zerocopy", "ray-zerocopy (actor mode)", False, _zerocopy_prepare, _zerocopy_load, _zerocopy_cleanup),
         Method("torch_load", "torch.load of a saved state dict", False, _torch_save, _torch_load, _remove_file),
+        Method(
+            "torch_load_mmap",
+            "torch.load(mmap=True) + load_state_dict(assign=True)",
+            False,
+            _torch_save,
+            _torch_load_mmap,
+            _remove_file,
+        ),
         Method("ray_put", "ray.put(model) + ray.get", False, _ray_put, _ray_get, _drop_ref),
         Method(
             "ray_zero_copy_env",
@@ -203,6 +234,15 @@ METHODS: dict[str, Method] = {
         ),
         Method("jit_load", "torch.jit.load from disk", True, _jit_save, _jit_load, _remove_file),
         Method(
+            "jit_skeleton_load",
+            "floor: torch.jit.load of the weightless archive",
+            True,
+            _jit_skeleton,
+            _jit_load_bytes,
+            _no_cleanup,
+            floor=True,
+        ),
+        Method(
             "export_zerocopy",
             "ray-zerocopy export backend (actor mode)",
             False,
@@ -226,5 +266,6 @@ METHODS: dict[str, Method] = {
 EAGER_METHODS = [name for name, method in METHODS.items() if not method.scripted and not method.exported]
 JIT_METHODS = [name for name, method in METHODS.items() if method.scripted]
 EXPORT_METHODS = [name for name, method in METHODS.items() if method.exported]
-#: The alternatives that share one copy; the targets compare ray-zerocopy with the best.
-ZERO_COPY_ALTERNATIVES = ("ray_zero_copy_env", "safetensors_shm")
+#: The alternatives whose weights map memory shared by every worker (the object store,
+#: /dev/shm, or the page cache of a mapped file); the targets compare ray-zerocopy with the best.
+ZERO_COPY_ALTERNATIVES = ("ray_zero_copy_env", "safetensors_shm", "torch_load_mmap")

@@ -172,6 +172,12 @@ def weight_bytes(model: Any) -> int:
     return sum(seen.values())
 
 
+def spec_weight_bytes(spec: ModelSpec) -> int:
+    """Weight bytes of the model ``spec`` describes, computed on the meta device (no memory)."""
+    tensors = {id(t): t for t in model_tensors(blank_model(spec))}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def tensor_count(model: Any) -> int:
     """Number of distinct parameter and buffer tensors."""
     return len({id(t) for t in model_tensors(model)})

@@ -3,22 +3,29 @@
 Emulates what Ray Serve's ``@serve.multiplexed`` does in each replica, with plain Ray
 actors (Serve itself adds a controller, a router and a proxy, too heavy to measure
 beside on two cores): a replica keeps at most ``cache_size`` models (least recently
-used evicted) and, on a request for a model it does not hold, *switches*: loads it.
+used evicted) and, on a request for a model it does not hold, *switches*: loads it,
+then serves the request (the first forward, where a mapped model pays its page faults).
 
-Two ways to switch are compared, measured the same way:
+Three ways to switch are compared, measured the same way:
 
 * ``named``: ``load_published(model_id)`` of a model published once by name
   (``ray_zerocopy.publish``); the weights stay in the object store, one copy per node.
 * ``torch_load``: what replicas do without sharing: allocate the model and
   ``load_state_dict(torch.load(path))`` from a checkpoint file; each replica holds a
-  private copy of each model it keeps. The files are read once before timing, so the
-  page cache is warm: the best case for ``torch.load``.
+  private copy of each model it keeps.
+* ``torch_load_mmap``: the strongest plain-PyTorch switch: ``torch.load(path, mmap=True)``
+  and ``load_state_dict(..., assign=True)`` into a model built on the meta device; the
+  weights are the file's pages in the page cache, shared by the replicas mapping them.
+
+The checkpoint files are read once before timing, so the page cache is warm: the best
+case for both ``torch.load`` methods.
 
 Node memory is the growth of the object store plus the growth of every replica's
-private memory (``Pss - Pss_Shmem``), from before the first publish/switch to after
-the last switch; for ``named``, the private memory of the holder actor (one process
-that owns all the published models) is reported beside it, since it exists only for
-sharing.
+``Pss - Pss_Shmem`` (mapped file pages included, split between the processes mapping
+them), from before the first publish/switch to after the last switch, plus, for
+``named``, the whole private memory of the holder actor (a process that exists only
+for sharing). Every method divides by the same weight bytes: those of the models built
+from the spec.
 """
 
 from __future__ import annotations
@@ -33,10 +40,8 @@ import ray
 import torch
 
 from benchkit.memory import object_store_bytes_used, private_bytes, trim_heap
-from benchkit.methods import fresh_model
-from benchkit.models import ModelSpec, build_model, make_input
-
-MIB = 1024**2
+from benchkit.methods import METHODS
+from benchkit.models import ModelSpec, build_model, make_input, spec_weight_bytes
 
 
 class SeededModel:
@@ -75,10 +80,8 @@ class Replica:
             from ray_zerocopy import load_published
 
             model = load_published(model_id)
-        else:
-            model = fresh_model(self.spec)
-            model.load_state_dict(torch.load(self.files[model_id], map_location="cpu", weights_only=True))
-            model.eval()
+        else:  # the benchmark suite's worker step of the same name
+            model = METHODS[self.method].load(self.files[model_id], self.spec)
         loaded = time.perf_counter()
         with torch.no_grad():
             model(make_input())
@@ -126,13 +129,13 @@ def measure(
     Every request goes to a replica that does not hold the model (the model order
     rotates per replica and ``cache_size < n_models``), so every request is a switch.
     """
-    from ray_zerocopy import list_published, unpublish
+    from ray_zerocopy import unpublish
     from ray_zerocopy_core.named import holder_private_memory
 
     model_ids = [f"bench-multiplex-{i}" for i in range(n_models)]
     assert cache_size < n_models
     files: dict[str, str] = {}
-    if method == "torch_load":
+    if method != "named":
         progress(f"  saving {n_models} state dicts of {size_mib} MiB")
         files = save_models(model_ids, size_mib, workdir)
     replicas = [Replica.remote(method, size_mib, cache_size, files) for _ in range(n_replicas)]
@@ -145,6 +148,7 @@ def measure(
         publish_models(model_ids, size_mib)
     switch_s: list[float] = []
     forward_s: list[float] = []
+    request_s: list[float] = []
     for round_index in range(rounds):
         for i, replica in enumerate(replicas):
             order = model_ids[i % n_models :] + model_ids[: i % n_models]
@@ -152,17 +156,19 @@ def measure(
                 load, forward = ray.get(replica.switch.remote(model_id))
                 switch_s.append(load)
                 forward_s.append(forward)
-        progress(f"  round {round_index + 1}: median switch {statistics.median(switch_s) * 1e3:.1f} ms so far")
+                request_s.append(load + forward)
+        progress(
+            f"  round {round_index + 1}: median switch + first forward {statistics.median(request_s) * 1e3:.1f} ms, "
+            f"switch alone {statistics.median(switch_s) * 1e3:.1f} ms so far"
+        )
     after = ray.get([r.private_memory.remote() for r in replicas])
     # Conservative: a replica whose private memory shrank (its start-up heap trimmed) counts 0, not less.
     replica_growth = sum(max(0, end - start) for start, end in zip(replica_base, after))
     store_growth = object_store_bytes_used() - store_base
     holders = 0
-    weights = n_models * size_mib * MIB
+    weights = n_models * spec_weight_bytes(ModelSpec(size_mib))
     if method == "named":
-        published = list_published()
-        weights = sum(m.nbytes for m in published if m.name in model_ids)
-        holders = holder_private_memory()  # the one default holder owns all six
+        holders = holder_private_memory()  # the one default holder owns all the models
     for replica in replicas:
         ray.kill(replica)
     if method == "named":
@@ -170,7 +176,7 @@ def measure(
             unpublish(model_id, missing_ok=True)
     for path in files.values():
         Path(path).unlink(missing_ok=True)
-    node = store_growth + replica_growth
+    node = store_growth + replica_growth + holders
     return {
         "method": method,
         "models": n_models,
@@ -178,8 +184,9 @@ def measure(
         "replicas": n_replicas,
         "cache_size": cache_size,
         "switches": len(switch_s),
+        "request_median_s": statistics.median(request_s),
+        "request_p90_s": sorted(request_s)[int(0.9 * (len(request_s) - 1))],
         "switch_median_s": statistics.median(switch_s),
-        "switch_p90_s": sorted(switch_s)[int(0.9 * (len(switch_s) - 1))],
         "forward_median_s": statistics.median(forward_s),
         "weights_bytes": weights,
         "store_growth_bytes": store_growth,
@@ -187,5 +194,4 @@ def measure(
         "holder_private_bytes": holders,
         "node_bytes": node,
         "node_ratio": node / weights,
-        "node_ratio_with_holders": (node + holders) / weights,
     }

@@ -163,7 +163,10 @@ def reference_output(model: Any) -> torch.Tensor:
 def measure_load(
     method: Method, spec: ModelSpec, model: torch.nn.Module, n_actors: int, workdir: Path, expected: torch.Tensor
 ) -> LoadPoint:
-    """Run ``method`` for ``model`` with ``n_actors`` actors loading at once (see module doc)."""
+    """Run ``method`` for ``model`` with ``n_actors`` actors loading at once (see module doc).
+
+    With ``n_actors=0`` only the driver step is measured (time, peak memory, bytes written).
+    """
     actors = [LoadProbe.remote(spec.to_dict()) for _ in range(n_actors)]
     pids = ray.get([actor.ready.remote() for actor in actors])
     wait_for_quiet()
@@ -206,7 +209,7 @@ def measure_load(
             store_growth=store_growth,
             shared_fraction=[fraction for _, fraction in loads],
             outputs_equal=all(torch.equal(output, expected) for output in outputs),
-            max_abs_diff=max(diffs),
+            max_abs_diff=max(diffs, default=0.0),
         )
     finally:
         for actor in actors:

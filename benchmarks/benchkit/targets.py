@@ -1,7 +1,10 @@
 """Rendering a run: one markdown table per figure, the targets of docs/design.md, the plots.
 
-Every target is checked as a ratio between methods measured in the same run, so a
-slow or busy machine moves both sides together.
+Each target is checked against what the same run measured, so a slow or busy machine
+moves both sides together: a ratio to an alternative (the best zero-copy one), or to a
+floor (``torch.jit.load`` of the weightless archive, a local call plus a bare Ray task).
+The two budgets the design states in absolute time (the driver wrap of 1 GiB, and the
+2 ms a task-mode call may add to its floors) say so in their row.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ MEMORY_METHOD = (
     "process's heap trimmed with `malloc_trim` before reading; plus the bytes Ray's object store "
     "reports in use (the store is written over once at start-up, so those bytes are physical "
     "pages); plus the blocks of the benchmark's own files in /dev/shm (safetensors). PSS "
-    "splits shared pages between processes, so no page is counted twice. The growth of "
+    "splits shared pages between processes, so no page is counted twice. The pages of a file on "
+    "disk that a process maps (`torch.load(mmap=True)`) count in its PSS once touched; the page "
+    "cache of a file no process maps (the one `torch.load` read) is not counted. The growth of "
     "`Shmem` in /proc/meminfo over the same interval is kept in results.json (`shmem_growth`) "
     "as a cross-check only: it is machine-wide and other processes on a shared machine move it. "
     "Peak extra driver memory of the driver step = the peak growth of the driver's private memory "
-    "(sampled every 5 ms in a thread) plus what the step wrote into the object store or /dev/shm."
+    "(sampled every 5 ms in a thread) plus what the step wrote into the object store or /dev/shm. "
+    "The sweeps share one Ray whose object store was written over once at start-up (so the store's "
+    "bytes in use are physical pages); the fresh-start figure gives each method a new Ray instead."
 )
 
 
@@ -79,9 +86,13 @@ def _loaded_ratio(point: Point) -> float:
 
 
 def _base_points(points: list[Point]) -> list[Point]:
-    """Untied float32 eager points (size and actor sweeps)."""
+    """Untied float32 eager points of the size and actor sweeps (actors loading)."""
     base = {"dtype": "float32", "tied": False, "scripted": False}
-    return [p for p in points if p["spec"] == {**p["spec"], **base} and not p["spec"].get("exported")]
+    return [
+        p
+        for p in points
+        if p["spec"] == {**p["spec"], **base} and not p["spec"].get("exported") and p["figure"] != "fresh"
+    ]
 
 
 def _label(name: str) -> str:
@@ -94,14 +105,18 @@ def size_tables(points: list[Point], sizes: list[int], actors: int, methods: lis
     headers = ["method"] + [f"{size} MiB" for size in sizes]
     out = []
     figures: list[tuple[str, Callable[[Point], str]]] = [
-        (f"Load per actor, median (max), {actors} actors loading at once", lambda p: median_max(p["load_s"])),
-        (f"Load + first forward per actor, median (max), {actors} actors", lambda p: median_max(p["load_forward_s"])),
+        (
+            f"Load + first forward per actor, median (max), {actors} actors loading at once",
+            lambda p: median_max(p["load_forward_s"]),
+        ),
+        (f"Load alone per actor, median (max), {actors} actors", lambda p: median_max(p["load_s"])),
         (
             f"Extra physical memory for {actors} actors / weight bytes: after load, after first forward",
             lambda p: f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
         ),
         (
-            "Driver step (wrap, put or save): time, peak extra driver memory / weights",
+            "Driver step (wrap, put or save) on the store written over once at start-up: time, "
+            "peak extra driver memory / weights (the fresh-start figure below is the one the targets use)",
             lambda p: f"{seconds(p['prepare_s'])}, {_driver_peak(p):.2f}",
         ),
     ]
@@ -128,8 +143,8 @@ def actor_tables(points: list[Point], size: int, counts: list[int], methods: lis
     headers = ["method"] + [f"{n} actor{'s' if n > 1 else ''}" for n in counts]
     out = []
     for title, render in (
-        (f"Load per actor vs actor count, {size} MiB, median (max)", lambda p: median_max(p["load_s"])),
         (f"Load + first forward vs actor count, {size} MiB, median (max)", lambda p: median_max(p["load_forward_s"])),
+        (f"Load alone per actor vs actor count, {size} MiB, median (max)", lambda p: median_max(p["load_s"])),
         (
             f"Extra memory / weights vs actor count, {size} MiB: after load, after first forward",
             lambda p: f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
@@ -144,19 +159,22 @@ def actor_tables(points: list[Point], size: int, counts: list[int], methods: lis
 
 
 def point_rows(points: list[Point]) -> list[list[str]]:
-    """One row per point: model, method, load, load + forward, memory, driver, checks."""
+    """One row per point: model, method, load + forward, load, memory, driver, checks."""
     rows = []
     for p in points:
         spec_label = f"{p['spec']['size_mib']} MiB {p['spec']['dtype']}" + (" tied" if p["spec"]["tied"] else "")
         if p.get("error"):
             rows.append([spec_label, _label(p["method"]), p["error"], "", "", "", "", ""])
             continue
+        if METHODS[p["method"]].floor:  # placeholder weights: only its load time means something
+            rows.append([spec_label, _label(p["method"]), "n/a", median_max(p["load_s"]), "n/a", "", "n/a", ""])
+            continue
         rows.append(
             [
                 spec_label,
                 _label(p["method"]),
-                median_max(p["load_s"]),
                 median_max(p["load_forward_s"]),
+                median_max(p["load_s"]),
                 f"{_loaded_ratio(p):.2f}, {_ratio(p):.2f}",
                 seconds(p["prepare_s"]),
                 "yes" if p["outputs_equal"] else f"no (max diff {p['max_abs_diff']:.2g})",
@@ -166,15 +184,32 @@ def point_rows(points: list[Point]) -> list[list[str]]:
     return rows
 
 
+def fresh_table(points: list[Point], memcpy: float | None) -> str:
+    """The driver step of every method from a fresh start (new Ray, untouched store, new file)."""
+    fresh = [p for p in points if p["figure"] == "fresh"]
+    rows = []
+    for p in fresh:
+        if p.get("error"):
+            rows.append([_label(p["method"]), "failed", "", ""])
+            continue
+        per_copy = f"{p['prepare_s'] / memcpy:.1f} x" if memcpy else "-"
+        rows.append([_label(p["method"]), seconds(p["prepare_s"]), per_copy, f"{_driver_peak(p):.2f}"])
+    size = fresh[0]["spec"]["size_mib"] if fresh else "-"
+    return (
+        f"### Driver step from a fresh start, {size} MiB: a new Ray whose store nothing has written yet, a new file\n\n"
+        + table(["method", "time", "time / one memcpy of the weights", "peak extra driver memory / weights"], rows)
+    )
+
+
 POINT_HEADERS = [
     "model",
     "method",
-    "load, median (max)",
-    "load + forward",
+    "load + first forward, median (max)",
+    "load alone",
     "memory / weights (load, forward)",
     "driver step",
     "outputs equal",
-    "weights in shared memory",
+    "weights in the object store or /dev/shm",
 ]
 
 
@@ -231,6 +266,17 @@ def _best_alternative(base: list[Point], size: int, actors: int, key: str) -> tu
     return name, value
 
 
+def _memcpy(results: dict[str, Any], size: int) -> float | None:
+    """Seconds of one memcpy of the ``size`` MiB model's weights, measured in this run."""
+    memcpy = results.get("memcpy_s", {})
+    return memcpy.get(str(size)) or memcpy.get(size)
+
+
+def _forward_growth_per_actor(point: Point) -> float:
+    """Private bytes each actor added in its first forward (after load -> after forward)."""
+    return (point["extra_bytes"] - point["extra_bytes_loaded"]) / point["actors"]
+
+
 def target_rows(results: dict[str, Any]) -> list[list[str]]:
     """The performance targets of docs/design.md: target, measured, met / not met."""
     points = results.get("points", [])
@@ -243,8 +289,8 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
         return "n/a" if ok is None else ("met" if ok else "NOT met")
 
     for key, title, limit in (
-        ("load_s", "per-actor load <= 0.5 x best zero-copy alternative", 0.5),
         ("load_forward_s", "load + first forward <= best zero-copy alternative", 1.0),
+        ("load_s", "load alone, per actor <= 0.5 x best zero-copy alternative", 0.5),
     ):
         parts, ratios = [], []
         for size in sizes:
@@ -270,48 +316,48 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
             ]
         )
 
-    zc_points = [p for p in points if p["method"] == "zerocopy" and not p.get("error")]
+    zc_points = [p for p in points if p["method"] == "zerocopy" and p["actors"] and not p.get("error")]
     if zc_points:
-        worst = max(zc_points, key=_loaded_ratio)
+        worst = max(zc_points, key=_ratio)
         tied = [p for p in zc_points if p["spec"]["tied"]]
         measured = (
-            f"after load: max {_loaded_ratio(worst):.3f} ({worst['spec']['size_mib']} MiB {worst['spec']['dtype']}, "
-            f"{worst['actors']} actors)"
+            f"after first forward: max {_ratio(worst):.3f} ({worst['spec']['size_mib']} MiB {worst['spec']['dtype']}, "
+            f"{worst['actors']} actors), of which the first forwards added "
+            f"{mib(_forward_growth_per_actor(worst))} per actor"
         )
+        plain = _one(points, method="torch_load", size_mib=worst["spec"]["size_mib"], actors=worst["actors"])
+        if plain and plain["spec"] == worst["spec"]:
+            measured += f" (torch.load's forwards: {mib(_forward_growth_per_actor(plain))} per actor)"
         if tied:
-            measured += f", tied max {max(map(_loaded_ratio, tied)):.3f}"
-        after_forward = max(zc_points, key=_ratio)
-        measured += (
-            f"; after first forward: max {_ratio(after_forward):.3f} ({after_forward['spec']['size_mib']} MiB "
-            f"{after_forward['spec']['dtype']})"
-        )
+            measured += f"; tied max {max(map(_ratio, tied)):.3f}"
+        measured += f"; after load: max {max(map(_loaded_ratio, zc_points)):.3f}"
         rows.append(
             [
-                "extra memory for N actors <= 1.02 x weights, tied included (verdict: after load)",
+                "extra memory for N actors <= 1.02 x weights, tied included (after the first forward)",
                 measured,
-                verdict(_loaded_ratio(worst) <= 1.02),
+                verdict(_ratio(worst) <= 1.02),
             ]
         )
 
-    largest = max(sizes)
-    zc = _one(base, method="zerocopy", size_mib=largest, actors=actors)
-    if zc:
-        memcpy = results.get("memcpy_s", {}).get(str(largest)) or results.get("memcpy_s", {}).get(largest)
-        note = "" if largest >= 1024 else f" (largest size run: {largest} MiB)"
+    fresh = _one(points, figure="fresh", method="zerocopy")
+    if fresh:
+        size = fresh["spec"]["size_mib"]
+        memcpy = _memcpy(results, size)
+        note = "" if size >= 1024 else f" (largest size run: {size} MiB)"
+        copies = f" = {fresh['prepare_s'] / memcpy:.1f} x one memcpy of the weights" if memcpy else ""
         rows.append(
             [
-                "driver wrap <= 1.0 s at 1 GiB",
-                f"{seconds(zc['prepare_s'])}{note}; one memcpy of the weights {seconds(memcpy)}",
-                verdict(zc["prepare_s"] <= 1.0 if largest >= 1024 else None),
+                "driver wrap of 1 GiB <= 1.0 s (an absolute budget), fresh store",
+                f"{seconds(fresh['prepare_s'])}{copies}{note}",
+                verdict(fresh["prepare_s"] <= 1.0 if size >= 1024 else None),
             ]
         )
-        peak = _driver_peak(zc)
-        private = zc["prepare_peak_private"] / zc["weight_bytes"]
+        private = fresh["prepare_peak_private"] / fresh["weight_bytes"]
         rows.append(
             [
-                "peak extra driver memory while wrapping <= 1.1 x weights",
-                f"{peak:.2f} x = peak private growth {private:.2f} x + the copy in the object store{note}",
-                verdict(peak <= 1.1 if largest >= 1024 else None),
+                "peak extra driver memory while wrapping <= 1.1 x weights, fresh store",
+                f"{_driver_peak(fresh):.2f} x = peak private growth {private:.2f} x + the stored copy{note}",
+                verdict(_driver_peak(fresh) <= 1.1 if size >= 1024 else None),
             ]
         )
 
@@ -328,54 +374,60 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
             )
         rows.append(
             [
-                "task mode: per call <= local + bare Ray task + 2 ms, flat in size (verdict: embedding lookup)",
+                "task mode: per call <= local call + bare Ray task (both measured in this run) + 2 ms "
+                "(an absolute budget), flat in size (verdict: embedding lookup)",
                 measured,
                 verdict(max(t["overhead_s"] for t in lookups) <= 0.002),
             ]
         )
-
-    jit_zc = [p for p in points if p["method"] == "jit_zerocopy"]
-    if jit_zc:
-        p = jit_zc[0]
-        size = p["spec"]["size_mib"]
-        if p.get("error"):
-            rows.append([f"TorchScript {size} MiB, {p['actors']} actors: load <= 20 ms", p["error"], "n/a"])
-            rows.append(["TorchScript: memory <= 1.05 x", p["error"], "n/a"])
-        else:
-            load = statistics.median(p["load_s"])
-            rows.append(
-                [f"TorchScript {size} MiB, {p['actors']} actors: load <= 20 ms", seconds(load), verdict(load <= 0.02)]
-            )
-            rows.append(["TorchScript: memory <= 1.05 x", f"{_ratio(p):.3f}", verdict(_ratio(p) <= 1.05)])
-    rows += export_target_rows(points)
-    return rows
+    return rows + code_target_rows(points)
 
 
-def export_target_rows(points: list[Point]) -> list[list[str]]:
-    """torch.export targets: load + first forward <= 0.1 x torch.export.load, memory <= 1.05 x."""
+def code_target_rows(points: list[Point]) -> list[list[str]]:
+    """TorchScript and torch.export targets, each against what the same run measured."""
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    ours = _one(points, figure="export", method="export_zerocopy")
-    baseline = _one(points, figure="export", method="export_load")
     rows: list[list[str]] = []
-    if ours is None:
-        return rows
-    where = f"torch.export {ours['spec']['size_mib']} MiB, {ours['actors']} actors"
-    ours_lf = statistics.median(ours["load_forward_s"])
-    if baseline is not None:
-        base_lf = statistics.median(baseline["load_forward_s"])
+    ours = _one(points, figure="jit", method="jit_zerocopy")
+    floor = _one(points, figure="jit", method="jit_skeleton_load")
+    if ours is not None:
+        where = f"TorchScript {ours['spec']['size_mib']} MiB, {ours['actors']} actors"
+        load = statistics.median(ours["load_s"])
+        if floor is not None:
+            floor_load = statistics.median(floor["load_s"])
+            rows.append(
+                [
+                    f"{where}: load <= torch.jit.load of the weightless archive (this run) + 10 ms",
+                    f"{seconds(load)} vs {seconds(floor_load)}: +{(load - floor_load) * 1e3:.1f} ms",
+                    verdict(load <= floor_load + 0.010),
+                ]
+            )
         rows.append(
             [
-                f"{where}: load + first forward <= 0.1 x torch.export.load",
-                f"{seconds(ours_lf)} vs {seconds(base_lf)} = {ours_lf / base_lf:.3f} x",
-                verdict(ours_lf <= 0.1 * base_lf),
+                f"{where}: memory <= 1.05 x after the first forward",
+                f"{_ratio(ours):.3f} (after load {_loaded_ratio(ours):.3f})",
+                verdict(_ratio(ours) <= 1.05),
             ]
         )
-    rows.append(
-        [f"{where}: memory <= 1.05 x after first forward", f"{_ratio(ours):.3f}", verdict(_ratio(ours) <= 1.05)]
-    )
+    ours = _one(points, figure="export", method="export_zerocopy")
+    baseline = _one(points, figure="export", method="export_load")
+    if ours is not None:
+        where = f"torch.export {ours['spec']['size_mib']} MiB, {ours['actors']} actors"
+        ours_lf = statistics.median(ours["load_forward_s"])
+        if baseline is not None:
+            base_lf = statistics.median(baseline["load_forward_s"])
+            rows.append(
+                [
+                    f"{where}: load + first forward <= 0.1 x torch.export.load",
+                    f"{seconds(ours_lf)} vs {seconds(base_lf)} = {ours_lf / base_lf:.3f} x",
+                    verdict(ours_lf <= 0.1 * base_lf),
+                ]
+            )
+        rows.append(
+            [f"{where}: memory <= 1.05 x after first forward", f"{_ratio(ours):.3f}", verdict(_ratio(ours) <= 1.05)]
+        )
     return rows
 
 
@@ -400,7 +452,7 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
     methods = [m for m in args["methods"] if m in EAGER_METHODS]
     sections = [
         "## Machine\n\n" + machine_lines(results["machine"], results.get("elapsed_s")),
-        "## Targets (docs/design.md, as ratios in this run)\n\n"
+        "## Targets (docs/design.md), checked against this run\n\n"
         + table(["target", "measured", "verdict"], target_rows(results)),
     ]
     models = results.get("models", {})
@@ -413,7 +465,13 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
             )
         )
     sections.append(
-        "## Against model size\n\n" + "\n\n".join(size_tables(points, args["size"], args["load_actors"], methods))
+        "## Against model size\n\n"
+        + "\n\n".join(
+            [
+                *size_tables(points, args["size"], args["load_actors"], methods),
+                fresh_table(points, _memcpy(results, max(args["size"]))),
+            ]
+        )
     )
     counts = sorted(set(args["actors"]) | ({args["load_actors"]} if args["sweep_size"] in args["size"] else set()))
     sections.append(
@@ -446,14 +504,13 @@ def render_results(results: dict[str, Any], out: Path, plot_prefix: str = "") ->
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[str]:
-    """load_vs_size, load_forward_vs_size, memory_vs_actors, load_vs_actors (PNG); their names."""
+    """load_forward_vs_size, load_vs_size, memory_vs_actors, load_vs_actors (PNG); their names."""
     args = results["args"]
     base = [p for p in _base_points(results.get("points", [])) if not p.get("error")]
     methods = [m for m in args["methods"] if m in EAGER_METHODS]
     by_size = [p for p in base if p["actors"] == args["load_actors"]]
     by_actors = [p for p in base if p["spec"]["size_mib"] == args["sweep_size"]]
     figures = (
-        ("load_vs_size", by_size, "size_mib", "load_s", "Per-actor load vs model size", "model size (MiB)", True),
         (
             "load_forward_vs_size",
             by_size,
@@ -463,6 +520,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
             "model size (MiB)",
             True,
         ),
+        ("load_vs_size", by_size, "size_mib", "load_s", "Per-actor load alone vs model size", "model size (MiB)", True),
         ("memory_vs_actors", by_actors, "actors", None, "Extra memory / weights vs actors", "actors", False),
         ("load_vs_actors", by_actors, "actors", "load_s", "Per-actor load vs actors", "actors", True),
     )
