@@ -23,6 +23,7 @@ as soon as it is made, so at most one computed tensor is in private memory at a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -254,6 +255,8 @@ class CheckpointFiles:
                 if os.fstat(handle.fileno()).st_size == 0:
                     raise CheckpointError(f"The safetensors file {str(file)!r} is empty.")
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            with contextlib.suppress(AttributeError, OSError):  # start reading the file ahead, in the kernel
+                mapping.madvise(mmap.MADV_WILLNEED)
             self._mappings.append(mapping)
             return _safetensors_tensors(file, mapping)
         if file.suffix in TORCH_SUFFIXES:
