@@ -21,7 +21,7 @@ def share_model(model: Any, backend: Backend, what: str = "model") -> tuple[ray.
     """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes."""
     payload = backend.extract(model)
     payload.backend_locator = backend_locator(backend)
-    return put_payload(payload, what=what), payload.nbytes
+    return put_payload(payload, what=what), payload.table.nbytes
 
 
 def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:

@@ -42,7 +42,7 @@ def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
     if not ray.is_initialized():
         ray.init()
     capacity = object_store_capacity()
-    needed = payload.nbytes + len(payload.skeleton)
+    needed = payload.table.nbytes + len(payload.skeleton)
     if capacity is not None and needed > capacity:
         raise ObjectStoreCapacityError(
             f"The {what} needs {_format_bytes(needed)} in the object store, but the largest "
