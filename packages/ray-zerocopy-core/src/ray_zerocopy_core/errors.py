@@ -35,7 +35,7 @@ class WrongModeError(ZeroCopyError, TypeError):
 
 
 class InvalidOptionError(ZeroCopyError, ValueError):
-    """An option has a value that is not one of those accepted (a mode string, a name taken)."""
+    """An option has a value that is not one of those accepted (a mode string, a name empty or taken)."""
 
 
 class InvalidReferenceError(ZeroCopyError, TypeError):
@@ -64,3 +64,11 @@ class WeightsUnavailableError(ZeroCopyError, RuntimeError):
 
 class ModelNotPublishedError(ZeroCopyError, LookupError):
     """No model is published under a name: never published, unpublished, or its holder actor died."""
+
+
+class InvalidLoaderError(ZeroCopyError, TypeError):
+    """What was given to build a published model is not a picklable zero-argument callable."""
+
+
+class HolderUnavailableError(ZeroCopyError, TimeoutError, RuntimeError):
+    """A holder actor of named models did not start, or did not finish closing, in the time allowed."""
