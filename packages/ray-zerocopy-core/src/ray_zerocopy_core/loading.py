@@ -66,7 +66,7 @@ def materialize(
         parameters: which table indices are parameters. ``None``: those stored from an
             ``nn.Parameter``, none under ``options.use_fast_load``. Given explicitly, exactly
             these, fast load or not: a backend that knows its parameters from its own
-            skeleton (its :class:`~ray_zerocopy_core.slots.TensorSlot` s) passes them, or
+            skeleton (its slots, :class:`~ray_zerocopy_core.slots.TensorSlot`) passes them, or
             ``()`` for plain tensors only.
     """
     tensors = rebuild_tensors(table, storage_bases(table, options))

@@ -6,8 +6,8 @@ one model into a weightless skeleton plus a :class:`TensorTable`
 (:func:`build_table` indexes the tensors without copying them), and rebuilds a model
 from a :class:`ModelPayload` (:func:`materialize` turns the table back into tensors the
 way the :class:`LoadOptions` ask: zero-copy and write-protected by default). A backend
-whose skeleton names the places tensors go back to records them as
-:class:`TensorSlot` s (:func:`index_tensors` stores each tensor object once).
+whose skeleton names the places tensors go back to records them as slots
+(:class:`TensorSlot`; :func:`index_tensors` stores each tensor object once).
 
 Example: a backend for a plain dict of tensors::
 
