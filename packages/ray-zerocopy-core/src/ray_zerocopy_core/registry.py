@@ -213,7 +213,8 @@ class _Registry:
         if not isinstance(backend, Backend):
             raise InvalidBackendError(
                 f"{backend!r} does not implement the ray_zerocopy_core Backend protocol "
-                "(name, model_types, handles, extract, rebuild); see ray_zerocopy_core.plugin."
+                "(name, model_types, handles, extract, rebuild). Subclass ray_zerocopy_core.plugin.Backend "
+                "to inherit handles, and define the others."
             )
         with self._lock:
             current = self._loaded.get(backend.name)
