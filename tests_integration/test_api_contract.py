@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -90,6 +91,7 @@ def _calls() -> dict[str, tuple[Callable[[], Any], type[BaseException]]]:
     task_wrapper = TaskWrapper(nn.Linear(2, 2))
     released = ActorWrapper(nn.Linear(2, 2))
     released.release()
+    unpicklable = threading.Lock()
     return {
         "bad mode string": (lambda: ModelWrapper(nn.Linear(2, 2), mode="actors"), ValueError),  # type: ignore[arg-type]
         "not a model": (lambda: ActorWrapper(42), ValueError),
@@ -105,6 +107,9 @@ def _calls() -> dict[str, tuple[Callable[[], Any], type[BaseException]]]:
         "registering a non-backend": (lambda: ray_zerocopy.register_backend(object()), TypeError),  # type: ignore[arg-type]
         "released wrapper": (lambda: released.load(), RuntimeError),
         "unknown published name": (lambda: ray_zerocopy.load_published("no-such-model-here"), LookupError),
+        "empty published name": (lambda: ray_zerocopy.publish(" ", nn.Linear(2, 2)), ValueError),
+        "loader that is not callable": (lambda: ray_zerocopy.get_or_publish("x", 42), TypeError),  # type: ignore[arg-type]
+        "loader that cannot be pickled": (lambda: ray_zerocopy.get_or_publish("x", lambda: unpicklable), TypeError),
     }
 
 

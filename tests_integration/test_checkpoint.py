@@ -37,7 +37,8 @@ from ray_zerocopy import (
     load_published,
     unpublish,
 )
-from ray_zerocopy_core.inspection import anonymous_memory_bytes, cached_file_bytes
+from ray_zerocopy_core.inspection import cached_file_bytes
+from ray_zerocopy_core.process_memory import anonymous_memory_bytes
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

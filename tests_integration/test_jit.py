@@ -22,7 +22,7 @@ import ray_zerocopy.jit.actor
 import ray_zerocopy.jit.invoke
 from ray_zerocopy import JITActorWrapper, JITModelWrapper, JITTaskWrapper
 from ray_zerocopy_core.inspection import aliases_object_store
-from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
+from ray_zerocopy_core.process_memory import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
 from ray_zerocopy_core.inspection import aliases_object_store
-from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
+from ray_zerocopy_core.process_memory import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

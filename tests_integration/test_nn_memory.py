@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
-from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
+from ray_zerocopy_core.process_memory import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

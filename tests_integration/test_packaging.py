@@ -3,9 +3,9 @@
 Each ``packages/*/pyproject.toml`` holds static metadata: its own ``version`` and its
 siblings pinned literally (``ray-zerocopy-core==1.0.0``). Nothing outside a package's
 folder takes part in its build, so a wheel built from its sdist equals one built from
-the working tree. What a shared build hook used to enforce is checked here instead:
-one version for all, every sibling pinned to exactly that version, and the meta
-package offering one extra per backend distribution.
+the working tree. What ties the distributions together is checked here: one version
+for all, every sibling pinned to exactly that version, the meta package offering one
+extra per backend distribution, and each shipping the license its metadata names.
 
 The wheels are built the way a release is: an sdist of each distribution, then a wheel
 from each unpacked sdist, offline, with the hatchling installed in this environment.
@@ -248,3 +248,14 @@ def test_the_built_wheels_install_and_share_an_exported_program(
     version, backend, location = ran.stdout.split()
     assert (version, backend) == (VERSION, "ExportBackend")
     assert location.startswith(str(target)), location  # the wheel's copy, not the working tree's
+
+
+def test_every_wheel_ships_the_license_its_metadata_names(wheels: dict[str, zipfile.ZipFile]) -> None:
+    for name, wheel in wheels.items():
+        meta = read(wheel, ".dist-info/METADATA")
+        assert f"\nLicense-Expression: {PROJECTS[name]['license']}\n" in meta, name
+        assert "\nLicense-File: LICENSE\n" in meta, f"{name}: no LICENSE file in its metadata"
+        text = read(wheel, ".dist-info/licenses/LICENSE")
+        assert PROJECTS[name]["license"] == "Apache-2.0", f"{name}: check its LICENSE against the new license"
+        assert "Apache License\n                           Version 2.0, January 2004" in text, name
+        assert text.rstrip().endswith("limitations under the License."), f"{name}: LICENSE is not the whole text"

@@ -41,7 +41,8 @@ import torch
 
 from benchkit.memory import PeakSampler, object_store_bytes_used, trim_heap
 from ray_zerocopy_core.checkpoint_files import drop_page_cache
-from ray_zerocopy_core.inspection import anonymous_memory_bytes, cached_file_bytes
+from ray_zerocopy_core.inspection import cached_file_bytes
+from ray_zerocopy_core.process_memory import anonymous_memory_bytes
 
 MIB = 1024**2
 GPT2_POSITIONS = 1024

@@ -22,8 +22,6 @@ machine (other Ray clusters) move it by hundreds of MiB while a point is measure
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import os
 import threading
 import time
@@ -33,21 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 from ray_zerocopy_core.inspection import shared_memory_ranges
+from ray_zerocopy_core.process_memory import private_memory_bytes as private_bytes
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def trim_heap() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
-
-    Called before every baseline and after every timed step, so that memory freed earlier
-    but still held by the allocator does not blur what a method keeps alive.
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_bytes(pid: int | None = None) -> int:

@@ -26,7 +26,7 @@ def test_round_trip_keeps_words_and_vectors() -> None:
     backend = EmbeddingTableBackend()
     table = make_table()
     payload = backend.extract(table)
-    assert payload.nbytes == table.vectors.nbytes
+    assert payload.table.nbytes == table.vectors.nbytes
     rebuilt = backend.rebuild(payload, LoadOptions(writable=True))
     assert rebuilt.vocab == table.vocab
     assert torch.equal(rebuilt(["c", "a"]), table(["c", "a"]))

@@ -74,7 +74,7 @@ def test_tied_weights_stored_once_and_tied_again(script_module: torch.jit.Script
     assert rebuilt.head.weight.data_ptr() == rebuilt.embed.weight.data_ptr()
     assert rebuilt.head.weight is rebuilt.embed.weight
     distinct = {t.data_ptr(): t.nbytes for t in [*script_module.parameters(), *script_module.buffers()]}
-    assert payload.nbytes <= sum(distinct.values()) + Tower().scale.nbytes
+    assert payload.table.nbytes <= sum(distinct.values()) + Tower().scale.nbytes
 
 
 def test_shared_submodule_shares_storage() -> None:
@@ -89,7 +89,7 @@ def test_shared_submodule_shares_storage() -> None:
 
     module = script(Twice().eval())
     payload = payload_of(module)
-    assert payload.nbytes == (8 * 8 + 8) * 4
+    assert payload.table.nbytes == (8 * 8 + 8) * 4
     rebuilt = JITBackend().rebuild(payload, LoadOptions())
     assert rebuilt.a.weight.data_ptr() == rebuilt.b.weight.data_ptr()
     x = torch.randn(2, 8)
@@ -150,8 +150,8 @@ def test_skeleton_size_does_not_grow_with_the_weights() -> None:
 
     small = payload_of(script(wide(724)))  # 4 MiB of float32
     large = payload_of(script(wide(2896)))  # 64 MiB
-    assert small.nbytes == pytest.approx(4 * 2**20, rel=0.01)
-    assert large.nbytes == pytest.approx(64 * 2**20, rel=0.01)
+    assert small.table.nbytes == pytest.approx(4 * 2**20, rel=0.01)
+    assert large.table.nbytes == pytest.approx(64 * 2**20, rel=0.01)
     assert abs(len(large.skeleton) - len(small.skeleton)) < 4096
     assert len(large.skeleton) < 64 * 1024
 
@@ -253,9 +253,9 @@ def test_registry_picks_jit_for_script_modules(script_module: torch.jit.ScriptMo
     assert backend_for(trained_tower()).name == "nn"
 
 
-def test_extract_refuses_eager_modules() -> None:
-    with pytest.raises(UnsupportedModelError, match="ScriptModule"):
-        JITBackend().extract(trained_tower())
+def test_eager_modules_are_not_handled(script_module: torch.jit.ScriptModule) -> None:
+    assert not JITBackend().handles(trained_tower())
+    assert JITBackend().handles(script_module)
 
 
 def test_meta_weights_are_refused() -> None:

@@ -43,7 +43,7 @@ def test_every_old_import_path_reaches_the_one_implementation() -> None:
     assert jit_actor.load_pipeline_in_actor is legacy.jit_load_pipeline_in_actor
 
 
-def test_core_and_jit_packages_no_longer_carry_legacy_names() -> None:
+def test_legacy_names_live_only_in_the_meta_package() -> None:
     for name in [*EAGER, "prepare_jit_model_for_actors", "load_jit_model_in_actor"]:
         assert name not in ray_zerocopy_core.__all__ and not hasattr(ray_zerocopy_core, name), name
         assert name not in ray_zerocopy_jit.__all__ and not hasattr(ray_zerocopy_jit, name), name

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, build_table, materialize
+from ray_zerocopy_core.plugin import Backend, LoadOptions, ModelPayload, build_table, materialize
 
 __all__ = ["EmbeddingTable", "EmbeddingTableBackend"]
 
@@ -39,15 +39,14 @@ class EmbeddingTable:
         return self.vocab[int(scores.argmax())]
 
 
-class EmbeddingTableBackend:
-    """Shares :class:`EmbeddingTable`: the vocabulary as skeleton, the vectors as tensor bytes."""
+class EmbeddingTableBackend(Backend):
+    """Shares :class:`EmbeddingTable`: the vocabulary as skeleton, the vectors as tensor bytes.
+
+    ``Backend`` gives it ``handles``: it takes the objects of its ``model_types``.
+    """
 
     name: ClassVar[str] = "embedding-table"
     model_types: ClassVar[tuple[type, ...]] = (EmbeddingTable,)
-
-    def handles(self, obj: object) -> bool:
-        """Only EmbeddingTable objects."""
-        return isinstance(obj, EmbeddingTable)
 
     def extract(self, model: Any) -> ModelPayload:
         """Vocabulary to JSON bytes; the vector matrix indexed by ``build_table`` without a copy."""

@@ -2,7 +2,8 @@
 
 A holder is a long-lived detached process, so what it imports it keeps: importing torch
 would cost it over 100 MiB of private memory for nothing, since it never touches a
-model. This module therefore imports only the standard library and Ray, and is pickled
+model. This module therefore imports only the standard library, Ray and
+:mod:`~ray_zerocopy_core.process_memory` (standard library only), and both are pickled
 *by value* (``cloudpickle.register_pickle_by_value``): the holder process rebuilds the
 class from the pickled code and never imports ``ray_zerocopy_core`` (whose package
 ``__init__`` imports torch). Models never reach the holder either: the objects it owns
@@ -13,8 +14,6 @@ i.e. the holder), and it hands out only ObjectRefs, bytes and plain dicts.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import json
 import sys
 import threading
@@ -24,6 +23,9 @@ from typing import Any
 
 import ray
 from ray import cloudpickle
+
+from ray_zerocopy_core import process_memory
+from ray_zerocopy_core.process_memory import private_memory_bytes, trim_heap
 
 #: The Ray namespace of the holder actors (and of the GCS key-value records of names).
 NAMESPACE = "ray_zerocopy_named"
@@ -61,24 +63,6 @@ def kv_names() -> list[str]:
 
     keys = internal_kv._internal_kv_list("", namespace=NAMESPACE)
     return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
-
-
-def trim_heap() -> None:
-    """Collect garbage and give freed heap pages back to the OS (glibc)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def private_memory_bytes() -> int:
-    """This process's ``Pss - Pss_Shmem`` in bytes (Linux; 0 elsewhere)."""
-    fields: dict[str, int] = {}
-    with contextlib.suppress(OSError), open("/proc/self/smaps_rollup") as rollup:
-        for line in rollup:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0].endswith(":"):
-                fields[parts[0][:-1]] = int(parts[1]) * 1024
-    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
 def run_job(job: bytes) -> Iterator[Any]:
@@ -119,16 +103,27 @@ class ModelHolder:
     def ready(self) -> bool:
         return True
 
-    def _enter(self, name: str) -> threading.Lock | None:
-        with self._guard:
-            if self._closing:
-                return None
-            self._busy += 1
-            return self._locks.setdefault(name, threading.Lock())
+    @contextlib.contextmanager
+    def _working_on(self, name: str) -> Iterator[bool]:
+        """Hold ``name``'s lock, counted as busy (so the holder does not close meanwhile).
 
-    def _leave(self) -> None:
+        Yields False, holding nothing, once the holder is closing: the caller answers
+        :data:`CLOSING` instead of doing the work.
+        """
         with self._guard:
-            self._busy -= 1
+            closing = self._closing
+            if not closing:
+                self._busy += 1
+                lock = self._locks.setdefault(name, threading.Lock())
+        if closing:
+            yield False
+            return
+        try:
+            with lock:
+                yield True
+        finally:
+            with self._guard:
+                self._busy -= 1
 
     def _install(
         self, name: str, meta: dict[str, Any], refs: dict[str, ray.ObjectRef], options: dict[str, Any], built_by: str
@@ -165,28 +160,23 @@ class ModelHolder:
         self, name: str, meta: dict[str, Any], refs: dict[str, ray.ObjectRef], options: dict[str, Any]
     ) -> dict[str, Any] | str:
         """Own a copy of each object the caller stored (a task copies them, store to store)."""
-        lock = self._enter(name)
-        if lock is None:
-            return CLOSING
-        try:
-            with lock:
-                attrs = list(refs)
-                copier: Any = ray.remote(copy_objects).options(num_cpus=0, num_returns="streaming")
-                owned = self._own(copier.remote([refs[attr] for attr in attrs]), attrs)
-                return self._install(name, meta, owned, options, "caller")
-        finally:
-            self._leave()
+        with self._working_on(name) as working:
+            if not working:
+                return CLOSING
+            attrs = list(refs)
+            copier: Any = ray.remote(copy_objects).options(num_cpus=0, num_returns="streaming")
+            owned = self._own(copier.remote([refs[attr] for attr in attrs]), attrs)
+            return self._install(name, meta, owned, options, "caller")
 
     def build(self, name: str, job: bytes, options: dict[str, Any], only_if_missing: bool) -> dict[str, Any] | str:
         """Run the loader in a task; own what it stores. ``job`` streams the metadata, then each model."""
-        lock = self._enter(name)
-        if lock is None:
-            return CLOSING
-        try:
-            with lock:
-                existing = self._records.get(name)
-                if only_if_missing and existing is not None:
-                    return dict(existing["info"])
+        with self._working_on(name) as working:
+            if not working:
+                return CLOSING
+            existing = self._records.get(name)
+            if only_if_missing and existing is not None:
+                return dict(existing["info"])
+            try:
                 # num_cpus=0: callers waiting here (e.g. replicas in their constructor) may
                 # hold every CPU of the cluster.
                 runner: Any = ray.remote(run_job).options(num_cpus=0, num_returns="streaming")
@@ -194,9 +184,8 @@ class ModelHolder:
                 meta: dict[str, Any] = ray.get(next(stream))
                 owned = self._own(stream, list(meta["attrs"]))
                 return self._install(name, meta, owned, options, "loader")
-        finally:
-            self._leave()
-            trim_heap()
+            finally:
+                trim_heap()
 
     def record(self, name: str) -> dict[str, Any] | None:
         return self._records.get(name)
@@ -229,6 +218,7 @@ class ModelHolder:
         return self._closing
 
 
-# The holder process rebuilds this module's code from the pickle instead of importing
-# ray_zerocopy_core (and with it torch).
+# The holder process rebuilds this module's code, and process_memory's, from the pickle
+# instead of importing ray_zerocopy_core (and with it torch).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(process_memory)

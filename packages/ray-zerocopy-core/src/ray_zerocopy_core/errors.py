@@ -35,7 +35,7 @@ class WrongModeError(ZeroCopyError, TypeError):
 
 
 class InvalidOptionError(ZeroCopyError, ValueError):
-    """An option has a value that is not one of those accepted (a mode string, a name taken)."""
+    """An option has a value that is not one of those accepted (a mode string, a name empty or taken)."""
 
 
 class InvalidReferenceError(ZeroCopyError, TypeError):
@@ -72,3 +72,11 @@ class CheckpointError(ZeroCopyError, ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path, or a shard its index names, does not exist."""
+
+
+class InvalidLoaderError(ZeroCopyError, TypeError):
+    """What was given to build a published model is not a picklable zero-argument callable."""
+
+
+class HolderUnavailableError(ZeroCopyError, TimeoutError, RuntimeError):
+    """A holder actor of named models did not start, or did not finish closing, in the time allowed."""

@@ -28,37 +28,6 @@ def aliases_object_store(tensor: torch.Tensor) -> bool:
     return any(start <= address < end for start, end in shared_memory_ranges())
 
 
-def private_memory_bytes(pid: int | None = None) -> int:
-    """Physical memory a process holds outside shared memory, in bytes (``Pss - Pss_Shmem``).
-
-    Read from ``/proc/PID/smaps_rollup`` (this process by default). Object-store pages
-    are shared memory, so a zero-copy worker's weights do not count here, while a worker
-    that copied its weights shows them in full. Summing plain PSS of every worker and
-    adding the object store would count the shared pages twice.
-    """
-    fields: dict[str, int] = {}
-    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
-        for line in rollup:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0].endswith(":"):
-                fields[parts[0][:-1]] = int(parts[1]) * 1024
-    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
-
-
-def anonymous_memory_bytes(pid: int | None = None) -> int:
-    """Anonymous memory of a process, in bytes (``Pss_Anon``): its heap, stacks and private copies.
-
-    Unlike :func:`private_memory_bytes` this leaves out pages of files the process maps
-    (page cache, shared and reclaimable), so it shows whether reading a checkpoint
-    through a mapping made a private copy of it. 0 on kernels without ``Pss_Anon`` (< 5.7).
-    """
-    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss_Anon:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def cached_file_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of the file ``path`` now in the page cache (``mincore``; Linux).
 

@@ -9,7 +9,7 @@ the stored bytes. Either way, tensors that shared a storage share one again.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -52,12 +52,27 @@ def _private_copy(raw: torch.Tensor, options: LoadOptions) -> torch.Tensor:
     return raw.clone()
 
 
-def materialize(table: TensorTable, options: LoadOptions) -> list[Any]:
-    """Every tensor of ``table`` in index order; parameters as ``nn.Parameter`` unless fast."""
+def materialize(
+    table: TensorTable, options: LoadOptions, *, parameters: Collection[int] | None = None
+) -> list[torch.Tensor]:
+    """Every tensor of ``table``, in index order, the way ``options`` ask (see the module doc).
+
+    Parameters come back as ``nn.Parameter(..., requires_grad=False)``, one object per
+    table index, so places that shared a parameter share it again.
+
+    Args:
+        table: the stored (or not yet stored) table.
+        options: how to load it.
+        parameters: which table indices are parameters. ``None``: those stored from an
+            ``nn.Parameter``, none under ``options.use_fast_load``. Given explicitly, exactly
+            these, fast load or not: a backend that knows its parameters from its own
+            skeleton (its slots, :class:`~ray_zerocopy_core.slots.TensorSlot`) passes them, or
+            ``()`` for plain tensors only.
+    """
     tensors = rebuild_tensors(table, storage_bases(table, options))
-    if options.use_fast_load:
-        return tensors
-    return [
-        nn.Parameter(tensor, requires_grad=False) if entry.is_parameter else tensor
-        for entry, tensor in zip(table.entries, tensors)
-    ]
+    if parameters is None:
+        if options.use_fast_load:
+            return tensors
+        parameters = [i for i, entry in enumerate(table.entries) if entry.is_parameter]
+    wanted = frozenset(parameters)
+    return [nn.Parameter(t, requires_grad=False) if i in wanted else t for i, t in enumerate(tensors)]

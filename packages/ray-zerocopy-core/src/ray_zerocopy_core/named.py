@@ -53,10 +53,17 @@ from ray import cloudpickle
 
 from ray_zerocopy_core import _holder
 from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
-from ray_zerocopy_core.errors import ModelNotPublishedError, WeightsUnavailableError
+from ray_zerocopy_core.errors import (
+    HolderUnavailableError,
+    InvalidLoaderError,
+    InvalidOptionError,
+    ModelNotPublishedError,
+    WeightsUnavailableError,
+)
 from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_model_attrs
+from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models
 from ray_zerocopy_core.plugin import LoadOptions
+from ray_zerocopy_core.process_memory import trim_heap
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
 from ray_zerocopy_core.sharing import require_backend
 from ray_zerocopy_core.store import stored_payload
@@ -104,10 +111,12 @@ class PublishedModel:
 
 
 def _backend_names(obj: Any, model_attr_names: Iterable[str] | None) -> dict[str, str]:
-    if model_attr_names is None and find_backend(obj) is not None:
-        return {"": backend_for(obj).name}
-    names = list(model_attr_names) if model_attr_names is not None else find_model_attrs(obj)
-    return {attr: backend_for(getattr(obj, attr)).name for attr in names}
+    backend = find_backend(obj) if model_attr_names is None else None
+    if backend is not None:
+        return {"": backend.name}
+    if model_attr_names is None:
+        return {attr: backend.name for attr, (_, backend) in find_models(obj).items()}
+    return {attr: backend_for(getattr(obj, attr)).name for attr in model_attr_names}
 
 
 def _meta(shared: SharedPipeline, backends: dict[str, str]) -> dict[str, Any]:
@@ -140,7 +149,7 @@ def _build_stream(loader: Callable[[], Any] | Checkpoint, model_attr_names: list
         yield value
         del value
     shared.release()
-    _holder.trim_heap()
+    trim_heap()
 
 
 def _checkpoint_stream(checkpoint: Checkpoint) -> Iterator[Any]:
@@ -152,12 +161,12 @@ def _checkpoint_stream(checkpoint: Checkpoint) -> Iterator[Any]:
         yield {
             "attrs": [BARE_MODEL],
             "skeleton": cloudpickle.dumps(None),
-            "nbytes": {BARE_MODEL: payload.nbytes},
+            "nbytes": {BARE_MODEL: payload.table.nbytes},
             "backends": {BARE_MODEL: backend.name},
         }
         yield stored_payload(payload, what=f"checkpoint {checkpoint}")
         del payload  # the last view of the files: they are unmapped and their cache dropped next
-    _holder.trim_heap()
+    trim_heap()
 
 
 def _options_dict(options: LoadOptions) -> dict[str, Any]:
@@ -184,7 +193,7 @@ def _ensure_ray() -> None:
 
 def _check_name(name: str, what: str = "A published model's name") -> None:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}.")
+        raise InvalidOptionError(f"{what} must be a non-empty string, got {name!r}.")
 
 
 def _holder_handle(holder: str) -> Any | None:
@@ -210,7 +219,7 @@ def _create_holder(holder: str, holder_options: dict[str, Any] | None) -> Any:
     try:
         ray.get(handle.ready.remote(), timeout=_START_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(
+        raise HolderUnavailableError(
             f"The ray-zerocopy holder actor {_actor_name(holder)!r} did not start within "
             f"{_START_TIMEOUT_S:.0f} s. The cluster may lack what holder_options asks for "
             f"({holder_options or 'nothing beyond the defaults'}); check `ray status`, or pass "
@@ -233,17 +242,45 @@ def _call_holder(holder: str, holder_options: dict[str, Any] | None, method: str
             continue
         if isinstance(result, str) and result == _CLOSING:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ray-zerocopy holder {holder!r} stayed in its closing state for {_RETRY_S} s.")
+                raise HolderUnavailableError(
+                    f"The ray-zerocopy holder actor {_actor_name(holder)!r} stayed in its closing state (its "
+                    f"last model was unpublished) for {_RETRY_S:.0f} s. Something keeps it alive: check "
+                    "`ray list actors` for it, or publish to another holder with holder='...'."
+                )
             time.sleep(0.1)  # its last model was just unpublished: wait for it to go
             continue
         return result
 
 
-def _kill_if_empty(handle: Any) -> None:
-    """Kill a holder that stores nothing (its first model could not be built or stored)."""
+def _release(holder: str, name: str | None = None) -> None:
+    """Drop ``name`` from ``holder`` (with None, drop nothing), then stop the holder if it is left empty.
+
+    A holder that stores nothing closes itself and is killed here, so a name moved away,
+    an unpublished name or a first model that could not be built leaves no idle process.
+    """
+    handle = _holder_handle(holder)
+    if handle is None:
+        return
     with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        if ray.get(handle.close_if_empty.remote(), timeout=_CALL_TIMEOUT_S):
+        closing = handle.close_if_empty.remote() if name is None else handle.release.remote(name)
+        if ray.get(closing, timeout=_CALL_TIMEOUT_S):
             ray.kill(handle, no_restart=True)
+
+
+@contextlib.contextmanager
+def _calling_holder(name: str, holder: str) -> Iterator[None]:
+    """Around a call that publishes ``name`` to ``holder``: a dead holder says so, a failure leaves none idle.
+
+    Raises:
+        ModelNotPublishedError: the holder actor died during the call.
+    """
+    try:
+        yield
+    except ray.exceptions.RayActorError as exc:
+        raise _holder_gone(name, holder, exc) from exc
+    except BaseException:
+        _release(holder)  # a bad model or a failing loader leaves no empty holder behind
+        raise
 
 
 def _published_summary() -> str:
@@ -278,8 +315,8 @@ def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
         return False
     if inspect.isclass(obj) or inspect.isroutine(obj):
         return True
-    if getattr(obj, "__dict__", None) is not None and find_model_attrs(obj):
-        return False  # a pipeline object that happens to be callable
+    if getattr(obj, "__dict__", None) is not None and any(not attr.startswith("_") for attr in find_models(obj)):
+        return False  # a pipeline object that happens to be callable (models in private attributes do not count)
     return callable(obj)
 
 
@@ -294,13 +331,8 @@ def _holder_for(name: str, holder: str | None) -> str:
 
 def _moved(name: str, old: dict[str, Any] | None, new_holder: str) -> None:
     """After ``name`` moved to ``new_holder``, drop it from the holder it was in."""
-    if old is None or old.get("holder") == new_holder:
-        return
-    handle = _holder_handle(str(old["holder"]))
-    if handle is not None:
-        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            if ray.get(handle.release.remote(name), timeout=_CALL_TIMEOUT_S):
-                ray.kill(handle, no_restart=True)
+    if old is not None and old.get("holder") != new_holder:
+        _release(str(old["holder"]), name)
 
 
 def publish(
@@ -354,7 +386,7 @@ def publish(
     options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
     previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
-    try:
+    with _calling_holder(name, target):
         if _is_loader(model_or_loader, names):
             job = _job(model_or_loader, names)
             info = _call_holder(target, holder_options, "build", name, job, _options_dict(options), False)
@@ -363,13 +395,6 @@ def publish(
             meta = _meta(shared, _backend_names(model_or_loader, names))
             info = _call_holder(target, holder_options, "install", name, meta, shared.refs, _options_dict(options))
             shared.release()  # the holder has its own copy now: free ours
-    except ray.exceptions.RayActorError as exc:
-        raise _holder_gone(name, target, exc) from exc
-    except BaseException:
-        found = _holder_handle(target)
-        if found is not None:
-            _kill_if_empty(found)  # a bad model or a failing loader leaves no empty holder behind
-        raise
     _moved(name, previous, target)
     return PublishedModel(**info)
 
@@ -379,7 +404,7 @@ def _job(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | N
     try:
         return bytes(cloudpickle.dumps(functools.partial(_build_stream, loader, model_attr_names)))
     except Exception as exc:
-        raise TypeError(
+        raise InvalidLoaderError(
             f"The loader {loader!r} cannot be pickled ({type(exc).__name__}: {exc}). It runs in a "
             "Ray task started by the holder actor, so it and everything it uses must be picklable: "
             "use a module-level function or class, and open files or connections inside it."
@@ -428,7 +453,7 @@ def get_or_publish(
     """
     _check_name(name)
     if not (callable(loader) or isinstance(loader, Checkpoint)):
-        raise TypeError(
+        raise InvalidLoaderError(
             f"get_or_publish needs a zero-argument callable that builds the model, got "
             f"{type(loader).__qualname__}. To publish a model you already have, use publish()."
         )
@@ -441,16 +466,9 @@ def get_or_publish(
     previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
     for attempt in range(3):
-        try:
+        with _calling_holder(name, target):  # if the loader fails, callers queued behind retry with a new holder
             _call_holder(target, holder_options, "build", name, job, _options_dict(defaults), True)
             _moved(name, previous, target)
-        except ray.exceptions.RayActorError as exc:
-            raise _holder_gone(name, target, exc) from exc
-        except BaseException:
-            found = _holder_handle(target)
-            if found is not None:
-                _kill_if_empty(found)  # the loader failed: callers queued behind retry with a new holder
-            raise
         try:
             return load_published(
                 name, device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
@@ -567,11 +585,7 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
         if missing_ok:
             return False
         raise _unknown(name)
-    handle = _holder_handle(str(known["holder"]))
-    if handle is not None:
-        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            if ray.get(handle.release.remote(name), timeout=_CALL_TIMEOUT_S):
-                ray.kill(handle, no_restart=True)
+    _release(str(known["holder"]), name)
     _holder.kv_delete(name)
     return True
 

@@ -48,11 +48,6 @@ def find_models(pipeline: Any) -> dict[str, tuple[Any, Backend]]:
     return found
 
 
-def find_model_attrs(pipeline: Any) -> list[str]:
-    """Names of ``pipeline``'s attributes that some backend can share, in definition order."""
-    return list(find_models(pipeline))
-
-
 def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[str, tuple[Any, Backend]]:
     """The models ``model_attr_names`` names (one name, or several), each with its backend."""
     names = [model_attr_names] if isinstance(model_attr_names, str) else list(model_attr_names)
@@ -60,7 +55,7 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
     models = {}
     for name in names:
         if not hasattr(pipeline, name):
-            found = find_model_attrs(pipeline) if hasattr(pipeline, "__dict__") else []
+            found = list(find_models(pipeline)) if hasattr(pipeline, "__dict__") else []
             raise PipelineError(
                 f"{kind} has no attribute {name!r} (from model_attr_names). "
                 f"Name attributes that hold models; found: {', '.join(map(repr, found)) or 'none'}."

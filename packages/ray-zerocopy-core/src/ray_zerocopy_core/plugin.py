@@ -5,15 +5,17 @@ third party's) imports only this module from ``ray_zerocopy_core``. A backend sp
 one model into a weightless skeleton plus a :class:`TensorTable`
 (:func:`build_table` indexes the tensors without copying them), and rebuilds a model
 from a :class:`ModelPayload` (:func:`materialize` turns the table back into tensors the
-way the :class:`LoadOptions` ask: zero-copy and write-protected by default).
+way the :class:`LoadOptions` ask: zero-copy and write-protected by default). A backend
+whose skeleton names the places tensors go back to records them as slots
+(:class:`TensorSlot`; :func:`index_tensors` stores each tensor object once).
 
 Example: a backend for a plain dict of tensors::
 
-    class DictBackend:
+    class DictBackend(Backend):
         name = "dict"
         model_types = (dict,)
 
-        def handles(self, obj):
+        def handles(self, obj):  # refines the default, isinstance(obj, model_types)
             return isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
         def extract(self, model):
@@ -41,19 +43,30 @@ from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.representation import TensorEntry, TensorTable, build_table, check_shareable
 from ray_zerocopy_core.skeleton import join_tensors, split_tensors
+from ray_zerocopy_core.slots import TensorSlot, index_tensors
 
 #: The entry-point group under which distributions declare backends (``name = "module:Class"``).
 ENTRY_POINT_GROUP = "ray_zerocopy.backends"
 
 #: Version of the stored layout (table, guards, alignment, payload fields). A reader
 #: refuses a payload written with another format or another ray-zerocopy release.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-try:
-    #: The ray-zerocopy release of this process, recorded in every payload it stores.
-    RELEASE = metadata.version("ray-zerocopy-core")
-except metadata.PackageNotFoundError:  # a source tree that is not installed
-    RELEASE = "0+unknown"
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution``; ``0+unknown`` for a source tree not installed.
+
+    Each distribution of ray-zerocopy sets its ``__version__`` with this, e.g.
+    ``__version__ = installed_version("ray-zerocopy-jit")``.
+    """
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+#: The ray-zerocopy release of this process, recorded in every payload it stores.
+RELEASE = installed_version("ray-zerocopy-core")
 
 
 @dataclass
@@ -77,11 +90,6 @@ class ModelPayload:
     format_version: int = FORMAT_VERSION
     release: str = RELEASE
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of weights in the payload."""
-        return self.table.nbytes
-
     def __reduce__(self) -> tuple[Any, ...]:
         # The versions come first and are read before anything else, so a process of
         # another release can say which versions differ instead of failing to unpickle.
@@ -104,14 +112,20 @@ class Backend(Protocol):
     ``model_types`` are the classes the backend handles; when several backends handle
     an object, the one whose type is nearest the object's own class in its MRO wins
     (so a ``torch.jit.ScriptModule`` goes to ``jit`` even though it is an ``nn.Module``).
+    A class that names ``Backend`` as its base gets :meth:`handles` from it; any other
+    object with these members is a backend too.
     """
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[type, ...]]
 
     def handles(self, obj: object) -> bool:
-        """Whether this backend can share ``obj`` (checked after ``model_types`` matched)."""
-        ...
+        """Whether this backend can share ``obj``: by default, whether it is one of ``model_types``.
+
+        Override it to refine the types (refuse some instances), or to accept objects by
+        duck typing; the registry calls ``extract`` only with objects this accepts.
+        """
+        return isinstance(obj, self.model_types)
 
     def extract(self, model: Any) -> ModelPayload:
         """Split ``model`` into a skeleton and its weight bytes, without copying weights."""
@@ -122,7 +136,7 @@ class Backend(Protocol):
         ...
 
 
-def finish_model(model: Any, options: LoadOptions) -> Any:
+def finish_model(model: Any) -> Any:
     """Put a rebuilt module in eval mode (:func:`materialize` already made its parameters grad-free).
 
     Backends call this last in ``rebuild``; objects that are not ``nn.Module`` pass through.
@@ -140,12 +154,15 @@ __all__ = [
     "LoadOptions",
     "ModelPayload",
     "TensorEntry",
+    "TensorSlot",
     "TensorTable",
     "UnsupportedModelError",
     "ZeroCopyError",
     "build_table",
     "check_shareable",
     "finish_model",
+    "index_tensors",
+    "installed_version",
     "join_tensors",
     "materialize",
     "restore_payload",

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType
+from typing import Protocol
 
 from ray_zerocopy_core.errors import (
     EXPORT_INSTALL_HINT,
@@ -60,7 +61,77 @@ KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
 )
 
 
+class _Candidate(Protocol):
+    """A backend as selection sees it: the types it claims, and what choosing it gives."""
+
+    @property
+    def model_types(self) -> tuple[type, ...]: ...
+
+    def handles(self, obj: object) -> bool: ...
+
+    def choose(self, obj: object) -> Backend: ...
+
+
+@dataclass(frozen=True)
+class _Installed:
+    """An installed backend: choosing it gives it."""
+
+    backend: Backend
+
+    @property
+    def model_types(self) -> tuple[type, ...]:
+        return self.backend.model_types
+
+    def handles(self, obj: object) -> bool:
+        return self.backend.handles(obj)
+
+    def choose(self, obj: object) -> Backend:
+        return self.backend
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """A known backend that is not installed or failed to import: choosing it raises.
+
+    It takes part in selection with the type it claims, so an object of that type gets
+    an error naming the install line rather than a less specific backend.
+    """
+
+    known: KnownBackend
+    claimed: type
+    broken: str | None
+
+    @property
+    def model_types(self) -> tuple[type, ...]:
+        return (self.claimed,)
+
+    def handles(self, obj: object) -> bool:
+        return isinstance(obj, self.claimed)
+
+    def choose(self, obj: object) -> Backend:
+        state = f"failed to import ({self.broken})" if self.broken else "not installed"
+        raise BackendNotInstalledError(
+            f"{type(obj).__qualname__} needs the {self.known.name!r} backend, which is {state}. "
+            f"Install it with: {self.known.install_hint}"
+        )
+
+
+def _rank(candidate: _Candidate, obj: object) -> tuple[int, int] | None:
+    """How well ``candidate`` fits ``obj`` (lower is better), or None if it does not take it.
+
+    A candidate whose types lie in ``type(obj)``'s MRO ranks by the nearest one; one that
+    accepts ``obj`` by duck typing alone ranks after every typed match.
+    """
+    if not candidate.handles(obj):
+        return None
+    mro = type(obj).__mro__
+    distances = [mro.index(t) for t in candidate.model_types if t in mro]
+    return (0, min(distances)) if distances else (1, 0)
+
+
 class _Registry:
+    """The backends of this process: discovered by entry point, loaded on use, or registered."""
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._entry_points: dict[str, metadata.EntryPoint] | None = None
@@ -116,7 +187,7 @@ class _Registry:
                 loaded = entry_point.load()
                 backend = loaded() if isinstance(loaded, type) else loaded
                 if not isinstance(backend, Backend):
-                    raise TypeError(f"{entry_point.value} does not implement the Backend protocol")
+                    raise InvalidBackendError(f"{entry_point.value} does not implement the Backend protocol")
             except Exception as exc:
                 self._broken[name] = f"{type(exc).__name__}: {exc}"
                 raise BackendError(
@@ -142,7 +213,8 @@ class _Registry:
         if not isinstance(backend, Backend):
             raise InvalidBackendError(
                 f"{backend!r} does not implement the ray_zerocopy_core Backend protocol "
-                "(name, model_types, handles, extract, rebuild); see ray_zerocopy_core.plugin."
+                "(name, model_types, handles, extract, rebuild). Subclass ray_zerocopy_core.plugin.Backend "
+                "to inherit handles, and define the others."
             )
         with self._lock:
             current = self._loaded.get(backend.name)
@@ -158,6 +230,30 @@ class _Registry:
             self._entry_points = None
             self._loaded.clear()
             self._broken.clear()
+
+    def broken(self) -> Mapping[str, str]:
+        """Plugins that failed to import so far: entry-point name to the error (a read-only copy)."""
+        with self._lock:
+            return MappingProxyType(dict(self._broken))
+
+    def candidates(self) -> list[_Candidate]:
+        """Every loadable backend, then a stand-in for each known backend that is unavailable."""
+        loadable = self.all_loadable()
+        usable = {backend.name for backend in loadable}
+        found: list[_Candidate] = [_Installed(backend) for backend in loadable]
+        for known in KNOWN_BACKENDS.values():
+            claimed = known.claimed_type() if known.name not in usable else None
+            if claimed is not None:
+                found.append(_Missing(known, claimed, self._broken.get(known.name)))
+        return found
+
+    def find(self, obj: object) -> Backend | None:
+        """The best-ranked candidate for ``obj``, chosen (see :func:`find_backend`)."""
+        ranked = [(rank, c) for c in self.candidates() if (rank := _rank(c, obj)) is not None]
+        if not ranked:
+            return None
+        best = min(ranked, key=lambda pair: pair[0])[1]  # the first of equals
+        return best.choose(obj)
 
 
 _registry = _Registry()
@@ -189,7 +285,7 @@ def backend_names() -> list[str]:
 
 def broken_backends() -> Mapping[str, str]:
     """Plugins that failed to import so far: entry-point name to the error, read-only."""
-    return MappingProxyType(dict(_registry._broken))
+    return _registry.broken()
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> None:
@@ -207,51 +303,20 @@ def reset_registry() -> None:
     _registry.reset()
 
 
-def _mro_distance(obj: object, types: tuple[type, ...]) -> int | None:
-    mro = type(obj).__mro__
-    distances = [mro.index(t) for t in types if t in mro]
-    return min(distances) if distances else None
-
-
 def find_backend(obj: object) -> Backend | None:
     """The most specific installed backend that handles ``obj``, or ``None``.
 
     One rule picks it: the backend whose ``model_types`` lie nearest ``type(obj)`` in its
-    MRO (and whose ``handles(obj)`` agrees). Known backends of other distributions
-    take part with the type they claim: if one of them is nearest but not installed, the
+    MRO (and whose ``handles(obj)`` agrees); a backend that accepts ``obj`` only by duck
+    typing comes after every typed match. Known backends of other distributions take
+    part with the type they claim: if one of them is nearest but not installed, the
     object gets an error naming the install line rather than a less specific backend.
 
     Raises:
         BackendNotInstalledError: ``obj`` belongs to a known backend that is not
             installed or failed to import (e.g. a ScriptModule without ``ray-zerocopy[jit]``).
     """
-    best: tuple[int, Backend | KnownBackend] | None = None
-    loadable = _registry.all_loadable()
-    usable = {backend.name for backend in loadable}
-    candidates: list[tuple[tuple[type, ...], Backend | KnownBackend]] = [(b.model_types, b) for b in loadable]
-    for known in KNOWN_BACKENDS.values():
-        claimed = known.claimed_type() if known.name not in usable else None
-        if claimed is not None:
-            candidates.append(((claimed,), known))
-    for types, candidate in candidates:
-        distance = _mro_distance(obj, types)
-        if distance is None and not isinstance(candidate, KnownBackend) and candidate.handles(obj):
-            distance = len(type(obj).__mro__)  # a duck-typed backend: after every typed one
-        if distance is None or (best is not None and distance >= best[0]):
-            continue
-        if isinstance(candidate, KnownBackend) or candidate.handles(obj):
-            best = (distance, candidate)
-    if best is None:
-        return None
-    chosen = best[1]
-    if isinstance(chosen, KnownBackend):
-        broken = _registry._broken.get(chosen.name)
-        state = f"failed to import ({broken})" if broken else "not installed"
-        raise BackendNotInstalledError(
-            f"{type(obj).__qualname__} needs the {chosen.name!r} backend, which is {state}. "
-            f"Install it with: {chosen.install_hint}"
-        )
-    return chosen
+    return _registry.find(obj)
 
 
 def backend_for(obj: object) -> Backend:

@@ -54,24 +54,19 @@ class TensorTable:
 
     When ``guard_bytes`` is not zero, ``buffers`` starts and ends with a zero-filled guard
     of that size (added when the table is stored, see :mod:`ray_zerocopy_core.memory`);
-    :attr:`storages` are the buffers between them. ``weight_bytes`` counts the tensors'
-    bytes (shared storage once), without the alignment and packing slack.
+    :attr:`storages` are the buffers between them. ``nbytes`` counts the tensors' bytes
+    (shared storage once), without the guards, the alignment and the packing slack.
     """
 
     entries: tuple[TensorEntry, ...]
     buffers: tuple[np.ndarray, ...]
     guard_bytes: int = 0
-    weight_bytes: int = 0
+    nbytes: int = 0
 
     @property
     def storages(self) -> tuple[np.ndarray, ...]:
         """The storage buffers, without the guards."""
         return self.buffers[1:-1] if self.guard_bytes else self.buffers
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of weights this table stores (shared storage counted once)."""
-        return self.weight_bytes
 
 
 def check_shareable(tensor: torch.Tensor, where: str) -> None:
@@ -143,11 +138,11 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
 
     # (first tensor, span start, span end, positions) per storage; small ones are packed.
     spans: list[tuple[torch.Tensor, int, int, list[int]]] = []
-    weight_bytes = 0
+    nbytes = 0
     for positions in keyed.values():
         used_start = min(extents[p][0] for p in positions)
         span_end = max(extents[p][1] for p in positions)
-        weight_bytes += span_end - used_start
+        nbytes += span_end - used_start
         span_start = used_start - used_start % ALIGNMENT
         spans.append((tensors[positions[0]][1], span_start, span_end, positions))
     small = [span for span in spans if span[2] - span[1] < SMALL_STORAGE_BYTES]
@@ -183,7 +178,7 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
                 requires_grad=tensor.requires_grad,
             )
         )
-    return TensorTable(tuple(entries), tuple(buffers), weight_bytes=weight_bytes)
+    return TensorTable(tuple(entries), tuple(buffers), nbytes=nbytes)
 
 
 def rebuild_tensors(table: TensorTable, bases: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:

@@ -37,7 +37,7 @@ def share_model(model: Any, backend: Backend, what: str = "model") -> tuple[ray.
         return share_checkpoint(model, backend, what)
     payload = backend.extract(model)
     payload.backend_locator = backend_locator(backend)
-    return put_payload(payload, what=what), payload.nbytes
+    return put_payload(payload, what=what), payload.table.nbytes
 
 
 def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:
@@ -54,6 +54,6 @@ def share_checkpoint(checkpoint: Checkpoint, backend: Backend, what: str = "mode
     with CheckpointReader(checkpoint) as reader:
         payload = reader.payload()
         payload.backend_locator = backend_locator(backend)
-        stored = put_payload(payload, what=what), payload.nbytes
+        stored = put_payload(payload, what=what), payload.table.nbytes
         del payload  # the last view of the files: they can be unmapped now
     return stored

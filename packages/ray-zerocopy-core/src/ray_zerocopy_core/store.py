@@ -50,7 +50,7 @@ def stored_payload(payload: ModelPayload, what: str = "model") -> ModelPayload:
     :func:`put_payload` stores it; a task that returns or yields it stores it as its result.
     """
     capacity = object_store_capacity()
-    needed = payload.nbytes + len(payload.skeleton)
+    needed = payload.table.nbytes + len(payload.skeleton)
     if capacity is not None and needed > capacity:
         raise ObjectStoreCapacityError(
             f"The {what} needs {_format_bytes(needed)} in the object store, but the largest "

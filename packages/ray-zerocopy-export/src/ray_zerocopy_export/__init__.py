@@ -9,13 +9,9 @@ object store.
 
 from __future__ import annotations
 
-from importlib import metadata
-
+from ray_zerocopy_core.plugin import installed_version
 from ray_zerocopy_export.backend import ExportBackend, ZeroCopyExportedProgram
 
-try:
-    __version__ = metadata.version("ray-zerocopy-export")
-except metadata.PackageNotFoundError:
-    __version__ = "0+unknown"
+__version__ = installed_version("ray-zerocopy-export")
 
 __all__ = ["ExportBackend", "ZeroCopyExportedProgram", "__version__"]

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -40,11 +40,14 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
 from ray_zerocopy_core.plugin import (
+    Backend,
     LoadOptions,
     ModelPayload,
+    TensorSlot,
     UnsupportedModelError,
     build_table,
     finish_model,
+    index_tensors,
     join_tensors,
     materialize,
     split_tensors,
@@ -66,24 +69,6 @@ _WEIGHT_INPUTS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENS
 _TRAINING_NORMS = (torch.ops.aten.batch_norm.default,)
 
 
-@dataclass(frozen=True)
-class WeightSlot:
-    """One named tensor of an ExportedProgram and the table entry that fills it.
-
-    Attributes:
-        where: ``"state_dict"`` (parameters, persistent buffers) or ``"constants"``
-            (non-persistent buffers, lifted tensor constants).
-        name: the key in that dictionary (``"layer.weight"``).
-        index: position of the tensor in the payload's table.
-        is_parameter: whether the graph signature lists it as a parameter.
-    """
-
-    where: str
-    name: str
-    index: int
-    is_parameter: bool
-
-
 @dataclass
 class ProgramSkeleton:
     """Everything of an ExportedProgram except tensor bytes (see :func:`save_skeleton`).
@@ -91,7 +76,9 @@ class ProgramSkeleton:
     Attributes:
         program: the ``torch.export`` serializer's form of the program (see
             :func:`save_skeleton`), pickled and zlib-compressed.
-        slots: where each table entry goes back.
+        slots: where each table entry goes back: ``where`` is ``"state_dict"`` (parameters,
+            persistent buffers) or ``"constants"`` (non-persistent buffers, lifted tensor
+            constants), ``name`` the key there.
         example_inputs: the example inputs pickled with their tensors factored out (their
             tensors follow the weights in the table), or ``None`` when not kept.
         example_tensors: how many table entries, after the weights, are example inputs.
@@ -102,7 +89,7 @@ class ProgramSkeleton:
     """
 
     program: bytes
-    slots: list[WeightSlot]
+    slots: list[TensorSlot]
     example_inputs: bytes | None = None
     example_tensors: int = 0
     mutated: list[str] = field(default_factory=list)
@@ -116,7 +103,7 @@ class ProgramSkeleton:
             "format": self.format,
             "torch_version": self.torch_version,
             "program": self.program,
-            "slots": [(s.where, s.name, s.index, s.is_parameter) for s in self.slots],
+            "slots": [astuple(s) for s in self.slots],
             "example_inputs": self.example_inputs,
             "example_tensors": self.example_tensors,
             "mutated": self.mutated,
@@ -136,7 +123,7 @@ class ProgramSkeleton:
             )
         return cls(
             program=state["program"],
-            slots=[WeightSlot(*slot) for slot in state["slots"]],
+            slots=[TensorSlot(*slot) for slot in state["slots"]],
             example_inputs=state["example_inputs"],
             example_tensors=state["example_tensors"],
             mutated=state["mutated"],
@@ -243,23 +230,18 @@ def _argument(node: fx.Node, schema: Any, name: str) -> Any:
     return next((value for argument, value in _argument_values(node, schema) if argument.name == name), None)
 
 
-def find_slots(program: ExportedProgram) -> tuple[list[WeightSlot], list[tuple[str, torch.Tensor]]]:
+def find_slots(program: ExportedProgram) -> tuple[list[TensorSlot], list[tuple[str, torch.Tensor]]]:
     """The weight slots of ``program`` and its distinct tensors, each listed once.
 
     A tensor object reachable under several names (tied weights) gets one index, so it
     is one tensor object again after loading.
     """
     parameters = set(program.graph_signature.parameters)
-    slots: list[WeightSlot] = []
-    tensors: list[tuple[str, torch.Tensor]] = []
-    index_of: dict[int, int] = {}
-    for where, named in (("state_dict", program.state_dict), ("constants", program.constants)):
-        for name, tensor in named.items():
-            index = index_of.setdefault(id(tensor), len(tensors))
-            if index == len(tensors):
-                tensors.append((f"{where}[{name!r}]", tensor))
-            slots.append(WeightSlot(where, name, index, name in parameters))
-    return slots, tensors
+    return index_tensors(
+        (where, name, tensor, name in parameters)
+        for where, named in (("state_dict", program.state_dict), ("constants", program.constants))
+        for name, tensor in named.items()
+    )
 
 
 def _example_inputs(program: ExportedProgram) -> tuple[bytes | None, list[tuple[str, torch.Tensor]]]:
@@ -399,23 +381,19 @@ class ZeroCopyExportedProgram(ExportedProgram):
         return program  # type: ignore[return-value]
 
 
-def _rebuild_dicts(slots: list[WeightSlot], tensors: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``state_dict`` and ``constants`` from the materialized tensors; parameters as ``nn.Parameter``."""
+def _rebuild_dicts(slots: list[TensorSlot], tensors: list[torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state_dict`` and ``constants`` from the materialized tensors (parameters already ``nn.Parameter``)."""
     state_dict: dict[str, Any] = {}
     constants: dict[str, Any] = {}
-    parameters: dict[int, nn.Parameter] = {}
     for slot in slots:
         value = tensors[slot.index]
-        if slot.is_parameter and not isinstance(value, nn.Parameter):
-            # torch.export's verifier requires parameters to be nn.Parameter, fast load or not.
-            value = parameters.setdefault(slot.index, nn.Parameter(value, requires_grad=False))
-        elif not slot.is_parameter and isinstance(value, nn.Parameter):
-            value = value.detach()
+        if not slot.is_parameter and isinstance(value, nn.Parameter):
+            value = value.detach()  # a tensor that is a parameter here and a constant there
         (state_dict if slot.where == "state_dict" else constants)[slot.name] = value
     return state_dict, constants
 
 
-class ExportBackend:
+class ExportBackend(Backend):
     """Backend for ``torch.export.ExportedProgram`` objects.
 
     Example::
@@ -429,22 +407,13 @@ class ExportBackend:
     name: ClassVar[str] = "export"
     model_types: ClassVar[tuple[type, ...]] = (ExportedProgram,)
 
-    def handles(self, obj: object) -> bool:
-        """Exported programs (from ``torch.export.export`` or ``torch.export.load``)."""
-        return isinstance(obj, ExportedProgram)
-
     def extract(self, model: Any) -> ModelPayload:
         """Serialize ``model``'s graph without weights; index its tensors' bytes (no copy).
 
         Raises:
-            UnsupportedModelError: ``model`` is not an ExportedProgram, holds weights that
-                cannot be shared (meta or fake tensors, custom class objects), or cannot be
-                serialized by ``torch.export``.
+            UnsupportedModelError: ``model`` holds weights that cannot be shared (meta or
+                fake tensors, custom class objects), or cannot be serialized by ``torch.export``.
         """
-        if not isinstance(model, ExportedProgram):
-            raise UnsupportedModelError(
-                f"The export backend shares torch.export.ExportedProgram objects, got {type(model).__qualname__}."
-            )
         _check_program(model)
         slots, tensors = find_slots(model)
         example_pickle, example_tensors = _example_inputs(model)
@@ -484,7 +453,9 @@ class ExportBackend:
                 "weights are read-only shared memory. Export the model after model.eval() (so BatchNorm "
                 "statistics are not updated), or load a private copy with writable=True."
             )
-        tensors = materialize(payload.table, options)
+        # torch.export's verifier requires parameters to be nn.Parameter, fast load or not.
+        parameters = {slot.index for slot in skeleton.slots if slot.is_parameter}
+        tensors = materialize(payload.table, options, parameters=parameters)
         n_weights = len(tensors) - skeleton.example_tensors
         state_dict, constants = _rebuild_dicts(skeleton.slots, tensors[:n_weights])
         example_inputs: Any = None
@@ -502,4 +473,4 @@ class ExportBackend:
                 f"with torch {skeleton.torch_version} and this worker has torch {torch.__version__}; "
                 "install the same torch version on the driver and on every worker."
             ) from exc
-        return finish_model(ZeroCopyExportedProgram.adopt(program), options)
+        return finish_model(ZeroCopyExportedProgram.adopt(program))

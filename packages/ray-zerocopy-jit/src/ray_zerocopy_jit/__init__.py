@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
+from ray_zerocopy_core.plugin import installed_version
 from ray_zerocopy_jit.backend import JITBackend
 
-try:
-    __version__ = metadata.version("ray-zerocopy-jit")
-except metadata.PackageNotFoundError:
-    __version__ = "0+unknown"
+__version__ = installed_version("ray-zerocopy-jit")
 
 __all__ = ["JITBackend", "__version__"]

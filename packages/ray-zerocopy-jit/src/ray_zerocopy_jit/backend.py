@@ -22,19 +22,21 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple
 from functools import reduce
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from ray_zerocopy_core.plugin import (
+    Backend,
     LoadOptions,
     ModelPayload,
+    TensorSlot,
     UnsupportedModelError,
     build_table,
     finish_model,
+    index_tensors,
     materialize,
 )
 
@@ -65,28 +67,6 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
         yield
 
 
-@dataclass(frozen=True)
-class TensorSlot:
-    """One tensor-valued attribute of a (sub)module and the table entry that fills it.
-
-    Attributes:
-        module_path: dotted path of the submodule from the root (``""`` for the root).
-        name: the attribute's name on that submodule.
-        index: position of the tensor in the payload's table.
-        is_parameter: whether the slot is a parameter (else a buffer or plain attribute).
-    """
-
-    module_path: str
-    name: str
-    index: int
-    is_parameter: bool
-
-    @property
-    def qualified_name(self) -> str:
-        """``path.name``, as in ``state_dict`` keys."""
-        return f"{self.module_path}.{self.name}" if self.module_path else self.name
-
-
 def _submodule(root: torch.jit.ScriptModule, path: str) -> Any:
     return reduce(getattr, path.split("."), root) if path else root
 
@@ -106,20 +86,15 @@ def _tensor_attributes(module: torch.jit.ScriptModule) -> Iterator[tuple[str, to
 def find_slots(model: torch.jit.ScriptModule) -> tuple[list[TensorSlot], list[tuple[str, torch.Tensor]]]:
     """The tensor slots of ``model`` (nested submodules too) and its distinct tensors.
 
-    A tensor reachable from several slots (tied weights, shared submodules) is listed
-    once; its slots share its index.
+    A slot's ``where`` is its submodule's dotted path (``""`` for the root). A tensor
+    reachable from several slots (tied weights, shared submodules) is listed once; its
+    slots share its index.
     """
-    slots: list[TensorSlot] = []
-    tensors: list[tuple[str, torch.Tensor]] = []
-    index_of: dict[int, int] = {}
-    for path, module in model.named_modules():
-        for name, tensor, is_parameter in _tensor_attributes(module):
-            slot_name = f"{path}.{name}" if path else name
-            index = index_of.setdefault(id(tensor), len(tensors))
-            if index == len(tensors):
-                tensors.append((slot_name, tensor))
-            slots.append(TensorSlot(path, name, index, is_parameter))
-    return slots, tensors
+    return index_tensors(
+        (path, name, tensor, is_parameter)
+        for path, module in model.named_modules()
+        for name, tensor, is_parameter in _tensor_attributes(module)
+    )
 
 
 def _placeholder(tensor: torch.Tensor) -> torch.Tensor:
@@ -129,7 +104,7 @@ def _placeholder(tensor: torch.Tensor) -> torch.Tensor:
 
 def _set_slot(model: torch.jit.ScriptModule, slot: TensorSlot, value: torch.Tensor) -> None:
     try:
-        setattr(_submodule(model, slot.module_path), slot.name, value)
+        setattr(_submodule(model, slot.where), slot.name, value)
     except Exception as exc:
         raise UnsupportedModelError(
             f"Could not set tensor {slot.qualified_name!r} of the ScriptModule: {exc}. "
@@ -144,10 +119,10 @@ def save_skeleton(model: torch.jit.ScriptModule, slots: list[TensorSlot]) -> byt
     The slots are restored before returning, even on error. The model is briefly
     modified in place: do not run it from another thread meanwhile.
     """
-    originals = [getattr(_submodule(model, s.module_path), s.name) for s in slots]
+    originals = [getattr(_submodule(model, s.where), s.name) for s in slots]
     replaced: list[tuple[TensorSlot, torch.Tensor]] = []
     buffer = io.BytesIO()
-    slot_file = json.dumps([[s.module_path, s.name, s.index, s.is_parameter] for s in slots])
+    slot_file = json.dumps([astuple(s) for s in slots])
     try:
         for slot, original in zip(slots, originals):
             _set_slot(model, slot, _placeholder(original))
@@ -178,8 +153,8 @@ def _check_not_frozen(model: torch.jit.ScriptModule) -> None:
         )
 
 
-class JITBackend:
-    """Backend for ``torch.jit.ScriptModule`` models (scripted or traced).
+class JITBackend(Backend):
+    """Backend for ``torch.jit.ScriptModule`` models (scripted, traced or loaded with ``torch.jit.load``).
 
     Example::
 
@@ -191,10 +166,6 @@ class JITBackend:
     name: ClassVar[str] = "jit"
     model_types: ClassVar[tuple[type, ...]] = (torch.jit.ScriptModule,)
 
-    def handles(self, obj: object) -> bool:
-        """TorchScript modules (scripted, traced or loaded with ``torch.jit.load``)."""
-        return isinstance(obj, torch.jit.ScriptModule)
-
     def extract(self, model: Any) -> ModelPayload:
         """Save ``model``'s code without weights; index its tensors' bytes (no copy).
 
@@ -205,10 +176,6 @@ class JITBackend:
             UnsupportedModelError: ``model`` is frozen, or holds a tensor that cannot be
                 shared (meta, sparse, quantized...).
         """
-        if not isinstance(model, torch.jit.ScriptModule):
-            raise UnsupportedModelError(
-                f"The jit backend shares torch.jit.ScriptModule objects, got {type(model).__qualname__}."
-            )
         _check_not_frozen(model)
         slots, tensors = find_slots(model)
         table = build_table(tensors)
@@ -234,15 +201,9 @@ class JITBackend:
         map_location = options.device if options.device is not None else "cpu"
         with quiet_torchscript_deprecation():
             model = torch.jit.load(io.BytesIO(payload.skeleton), map_location=map_location, _extra_files=extra_files)
-        slots = [
-            TensorSlot(path, name, index, is_parameter)
-            for path, name, index, is_parameter in json.loads(extra_files[SLOTS_FILE])
-        ]
-        tensors = materialize(payload.table, options)
-        parameters: dict[int, torch.Tensor] = {}
+        slots = [TensorSlot(*row) for row in json.loads(extra_files[SLOTS_FILE])]
+        parameters = () if options.use_fast_load else {slot.index for slot in slots if slot.is_parameter}
+        tensors = materialize(payload.table, options, parameters=parameters)
         for slot in slots:
-            value = tensors[slot.index]
-            if slot.is_parameter and not options.use_fast_load and not isinstance(value, nn.Parameter):
-                value = parameters.setdefault(slot.index, nn.Parameter(value, requires_grad=False))
-            _set_slot(model, slot, value)
-        return finish_model(model, options)
+            _set_slot(model, slot, tensors[slot.index])
+        return finish_model(model)

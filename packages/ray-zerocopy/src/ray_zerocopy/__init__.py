@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 import ray_zerocopy_core
@@ -36,11 +35,9 @@ from ray_zerocopy.legacy import (
     rewrite_pipeline_for_actors,
 )
 from ray_zerocopy_core import *  # noqa: F403  (every name of core's __all__, listed again below)
+from ray_zerocopy_core.plugin import installed_version
 
-try:
-    __version__ = metadata.version("ray-zerocopy")
-except metadata.PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0+unknown"
+__version__ = installed_version("ray-zerocopy")
 
 
 def __getattr__(name: str) -> Any:

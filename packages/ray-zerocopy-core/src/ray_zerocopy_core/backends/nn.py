@@ -16,15 +16,15 @@ from torch import nn
 from ray_zerocopy_core import plugin
 
 
-class NNBackend:
-    """Backend for eager ``torch.nn.Module`` models."""
+class NNBackend(plugin.Backend):
+    """Backend for eager ``torch.nn.Module`` models.
+
+    It handles every ``nn.Module``; the registry's MRO rule gives subclasses that have a
+    backend of their own (``torch.jit.ScriptModule``) to that backend.
+    """
 
     name: ClassVar[str] = "nn"
     model_types: ClassVar[tuple[type, ...]] = (nn.Module,)
-
-    def handles(self, obj: object) -> bool:
-        """Any ``nn.Module``; the registry's MRO rule gives subclasses with a backend of their own to it."""
-        return isinstance(obj, nn.Module)
 
     def extract(self, model: Any) -> plugin.ModelPayload:
         """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""
@@ -38,8 +38,6 @@ class NNBackend:
         :meth:`extract` indexes these tensors; a checkpoint (:mod:`ray_zerocopy_core.checkpoint`)
         puts the files' tensors in their places instead.
         """
-        if isinstance(model, torch.jit.ScriptModule):
-            raise plugin.UnsupportedModelError("ScriptModules are shared by the 'jit' backend, not 'nn'.")
         try:
             return plugin.split_tensors(model)
         except Exception as exc:
@@ -53,7 +51,7 @@ class NNBackend:
         """Unpickle the skeleton with zero-copy tensors; eval mode, no grad."""
         tensors = plugin.materialize(payload.table, options)
         model = plugin.join_tensors(payload.skeleton, tensors)
-        return plugin.finish_model(model, options)
+        return plugin.finish_model(model)
 
 
 def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:

@@ -28,13 +28,15 @@ DEFAULT_CACHE_SIZE = 4
 
 
 class ModelCache:
-    """A bounded LRU of rebuilt models, one per worker process."""
+    """A bounded LRU of rebuilt models, one per worker process.
+
+    ``misses`` counts the rebuilds, so a test or a probe can tell a warm worker from a cold one.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
         self.misses = 0
 
     def get_or_build(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
@@ -43,7 +45,6 @@ class ModelCache:
             model = self._models.get(key)
             if model is not None:
                 self._models.move_to_end(key)
-                self.hits += 1
                 return model
         model = build()
         with self._lock:
