@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 from ray import cloudpickle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_zerocopy_core import process_memory
 from ray_zerocopy_core.process_memory import private_memory_bytes, trim_heap
@@ -178,8 +179,10 @@ class ModelHolder:
                 return dict(existing["info"])
             try:
                 # num_cpus=0: callers waiting here (e.g. replicas in their constructor) may
-                # hold every CPU of the cluster.
-                runner: Any = ray.remote(run_job).options(num_cpus=0, num_returns="streaming")
+                # hold every CPU of the cluster. The task runs on this holder's node, so a
+                # checkpoint's files are read there (holder_options place the holder).
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                runner: Any = ray.remote(run_job).options(num_cpus=0, num_returns="streaming", scheduling_strategy=here)
                 stream = runner.remote(job)
                 meta: dict[str, Any] = ray.get(next(stream))
                 owned = self._own(stream, list(meta["attrs"]))
