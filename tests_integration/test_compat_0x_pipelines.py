@@ -126,14 +126,21 @@ def test_a_closure_pipeline_in_this_process(one_thread: None) -> None:
         def __call__(self, x: torch.Tensor) -> torch.Tensor:
             return encoder(x) + 1
 
+    def captured(pipeline: Any) -> Any:
+        return inspect.getclosurevars(type(pipeline).__call__).nonlocals["encoder"]
+
     pipeline = Captures()
     x = torch.randn(2, 512)
     wrapper = ModelWrapper.from_model(pipeline)
     assert len(pickle.dumps(wrapper)) < SMALL_WRAPPER
-    sent = pickle.loads(pickle.dumps(wrapper))
-    loaded = sent.load()
-    assert torch.equal(loaded(x), pipeline(x))
-    assert all(aliases_object_store(t) for t in loaded.encoder.state_dict().values())
+    here = wrapper.load()  # in the caller: its own class, closures untouched
+    assert type(here) is Captures and captured(here) is encoder and here.encoder is not encoder
+    first, second = (pickle.loads(pickle.dumps(wrapper)).load() for _ in range(2))
+    for loaded in (first, second):  # as in a worker: a class of its own per load
+        assert captured(loaded) is loaded.encoder and torch.equal(loaded(x), pipeline(x))
+        assert all(aliases_object_store(t) for t in loaded.encoder.state_dict().values())
+    assert type(first) is not type(second) and captured(first) is not captured(second)
+    assert captured(pipeline) is encoder and Captures.__call__ is type(here).__call__
 
 
 @pytest.mark.parametrize("kind", ["eager", "torchscript"])
@@ -193,7 +200,9 @@ def test_method_names_no_model_has_warn_once_and_are_ignored(kind: str) -> None:
         warnings.simplefilter("always")
         wrapper = TaskWrapper(Pipeline(), method_names=("predict", "score"), device=None)
         again = TaskWrapper(Pipeline(), method_names=("predict", "score"))
-    messages = [str(w.message) for w in found if issubclass(w.category, UserWarning) and "method_names" in str(w.message)]
+    messages = [
+        str(w.message) for w in found if issubclass(w.category, UserWarning) and "method_names" in str(w.message)
+    ]
     assert len(messages) == 1 and "'predict'" in messages[0] and f"({kinds})" in messages[0], messages
     assert wrapper.predict(x).shape == (2, 16)  # __call__ was kept
     assert torch.allclose(again.load().model.score(x), model.score(x))

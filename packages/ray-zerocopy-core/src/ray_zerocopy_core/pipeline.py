@@ -106,6 +106,21 @@ class _StandInPickler(cloudpickle.CloudPickler):
             self.carried.setdefault(id(obj), obj)
         return name
 
+    def reducer_override(self, obj: Any) -> Any:
+        """Send classes by value untracked, so that each unpickling makes a class of its own.
+
+        cloudpickle otherwise reuses a class it met before in the process (by a tracker
+        id) and re-sets its methods, which would rebind the closures and globals of the
+        caller's own class, or of a pipeline loaded earlier, to the models of this load.
+        """
+        reduced = super().reducer_override(obj)
+        if isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) > 1:
+            make, args = reduced[0], reduced[1]
+            tracked = getattr(make, "__name__", "") == "_make_skeleton_class" and len(args) == 6
+            if tracked and isinstance(args[4], str):
+                reduced = (make, (*args[:4], None, *args[5:]), *reduced[2:])
+        return reduced
+
 
 class _StandInUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, models: Mapping[str, Any]) -> None:
@@ -262,8 +277,9 @@ class SharedPipeline:
             in task mode until the pipeline is first pickled.
         refs: attribute name to the ObjectRef of that model (``""`` for a bare model).
         nbytes: weight bytes per attribute.
-        local: task mode: the pipeline in the caller, its models set to ``None``; the caller
-            assembles it without pickling anything.
+        local: the pipeline in the caller, its models set to ``None`` (not pickled): the
+            caller assembles it without unpickling anything, so its own class, closures and
+            globals are left as they are.
         method_names: task mode: the model methods callable remotely.
     """
 
@@ -306,7 +322,7 @@ class SharedPipeline:
             for name in models:
                 setattr(local, name, None)
             if method_names is None:
-                skeleton, local = pickle_skeleton(local, plain), None
+                skeleton = pickle_skeleton(local, plain)
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
         for name, (model, model_backend) in models.items():
@@ -342,8 +358,8 @@ class SharedPipeline:
     def assemble(self, models: dict[str, Any]) -> Any:
         """The pipeline with ``models`` in place (or the bare model itself).
 
-        In the caller (task mode) a shallow copy of its pipeline; elsewhere the skeleton
-        unpickled, each stand-in becoming the model of that name.
+        In the caller a shallow copy of its pipeline; elsewhere the skeleton unpickled,
+        each stand-in becoming the model of that name.
         """
         if self.is_bare_model:
             return models[BARE_MODEL]

@@ -155,7 +155,9 @@ class ModelWrapper:
             _mode=mode,
             _options=LoadOptions(**(options or {})),
             _task_options=dict(task_options or {}),
-            _shared=SharedPipeline(skeleton, dict(model_refs), dict(nbytes or {}), method_names=tuple(method_names or ())),
+            _shared=SharedPipeline(
+                skeleton, dict(model_refs), dict(nbytes or {}), method_names=tuple(method_names or ())
+            ),
             _task_pipeline=None,
         )
         return wrapper
@@ -242,9 +244,7 @@ class ModelWrapper:
             use_fast_load = fast if use_fast_load is None else use_fast_load
         if deprecated:
             raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
-        options = self._options.merged(
-            device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
-        )
+        options = self._options.merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
         if self._mode == "actor":
             return load_pipeline(self._shared, options)
         methods = self._shared.method_names

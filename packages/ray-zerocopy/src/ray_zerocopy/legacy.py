@@ -173,7 +173,12 @@ class Family:
         """
         self._warn("load_pipeline_in_actor", f"{self.actor_wrapper}(pipeline).load()")
         return self._load(
-            pipeline_skeleton, model_refs, device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
+            pipeline_skeleton,
+            model_refs,
+            device=device,
+            use_fast_load=use_fast_load,
+            writable=writable,
+            prefault=prefault,
         )
 
     # --- ray-zerocopy 0.x's module functions (ray_zerocopy.nn, ray_zerocopy.jit) ----------
@@ -192,7 +197,9 @@ class Family:
         ``method_names`` (task mode), ``None`` without (actor mode). ``filter_private`` is
         accepted and has no effect: models are found among the pipeline's own attributes.
         """
-        self._warn("prepare_pipeline", f"{self.actor_wrapper}(pipeline) or {self.task_wrapper}(pipeline)", "ray_zerocopy.nn")
+        self._warn(
+            "prepare_pipeline", f"{self.actor_wrapper}(pipeline) or {self.task_wrapper}(pipeline)", "ray_zerocopy.nn"
+        )
         return self._prepare(pipeline, model_attr_names, method_names)
 
     def _prepare(
@@ -287,7 +294,9 @@ class Family:
         self._check_script_module(function, model)
         payload = backend_for(model).extract(model)
         table = payload.table
-        weightless = ModelPayload(payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.weight_bytes))
+        weightless = ModelPayload(
+            payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.weight_bytes)
+        )
         tensors = OrderedDict((f"storage_{i}", buffer) for i, buffer in enumerate(table.storages))
         return pickle.dumps(weightless), tensors
 
@@ -343,7 +352,11 @@ class CallModelTask:
         return CallModelTask(self._family, {**self._options, **options})
 
     def remote(
-        self, model_ref: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, method_name: str = "__call__"
+        self,
+        model_ref: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        method_name: str = "__call__",
     ) -> ray.ObjectRef:
         """Submit the task; return the ObjectRef of the method's result."""
         self._family._warn("call_model", f"{self._family.task_wrapper}(model)(...)", "ray_zerocopy.nn")
