@@ -1,8 +1,10 @@
 """Pipelines: objects whose attributes are models, shared one Ray object per model.
 
 A bare model is handled like a pipeline of one. :class:`SharedPipeline` holds what
-workers need: the pipeline without its models (the *skeleton*), and one ObjectRef per
-model. It is small to pickle: weights never travel with it.
+workers need: the pipeline pickled with a stand-in for each of its models (the
+*skeleton*), and one ObjectRef per model. Every reference to a shared model gets the
+stand-in, whether an attribute, a closure variable or a global that the pipeline's
+methods use, so it is small to pickle: weights never travel with it.
 """
 
 from __future__ import annotations
@@ -354,6 +356,17 @@ class SharedPipeline:
             live = {name: model() for name, model in self._models.items()}
             self.skeleton = pickle_skeleton(self.local, {name: m for name, m in live.items() if m is not None})
         return self.skeleton
+
+    def skeleton_object(self) -> Any:
+        """The pipeline with its model attributes set to ``None``, as an object (``None`` for a bare model).
+
+        The shape the legacy functions and ``constructor_kwargs`` hand out: a plain object,
+        pickled as any other, so a model it captures travels with it (the wrappers send
+        :attr:`skeleton` instead).
+        """
+        if self.local is not None or not isinstance(self.skeleton, bytes):
+            return self.local if self.local is not None else self.skeleton
+        return load_skeleton(self.skeleton, {})
 
     def assemble(self, models: dict[str, Any]) -> Any:
         """The pipeline with ``models`` in place (or the bare model itself).

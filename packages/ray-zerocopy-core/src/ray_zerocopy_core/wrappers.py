@@ -178,6 +178,11 @@ class ModelWrapper:
         }
 
     @property
+    def method_names(self) -> tuple[str, ...]:
+        """Task mode: the model methods callable remotely (empty in actor mode)."""
+        return self._shared.method_names
+
+    @property
     def model_refs(self) -> dict[str, Any]:
         """Attribute name to the ObjectRef of that stored model (``""`` for a bare model)."""
         return dict(self._shared.refs)
@@ -210,7 +215,7 @@ class ModelWrapper:
         """
         self._shared.check_available()
         kwargs = {
-            "pipeline_skeleton": self._shared.pickled_skeleton(),
+            "pipeline_skeleton": self._shared.skeleton_object(),
             "model_refs": dict(self._shared.refs),
             "device": self._options.device,
             "use_fast_load": self._options.use_fast_load,

@@ -94,9 +94,13 @@ class Family:
         return wrapper.load()
 
     def _store(self, pipeline: Any, model_attr_names: Iterable[str] | None) -> tuple[Any, dict[str, Any]]:
-        """Share ``pipeline``'s models with the actor wrapper; return its skeleton and model references."""
-        parts = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names).serialize()
-        return parts["skeleton"], parts["model_refs"]
+        """Share ``pipeline``'s models with the actor wrapper; return its skeleton and model references.
+
+        The skeleton is the pipeline object with its models set to ``None``, as earlier
+        versions returned it (``constructor_kwargs`` gives it).
+        """
+        kwargs = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names).constructor_kwargs
+        return kwargs["pipeline_skeleton"], kwargs["model_refs"]
 
     # --- the seed's functions -------------------------------------------------------------
 
@@ -209,9 +213,8 @@ class Family:
             skeleton, refs = self._store(pipeline, model_attr_names)
             return skeleton, {name: (ref, None) for name, ref in refs.items()}
         wrapper = self._wrapper_class(self.task_wrapper)(pipeline, method_names, model_attr_names=model_attr_names)
-        parts = wrapper.serialize()
-        methods = set(parts["method_names"])
-        return parts["skeleton"], {name: (ref, set(methods)) for name, ref in parts["model_refs"].items()}
+        kwargs, methods = wrapper.constructor_kwargs, set(wrapper.method_names)
+        return kwargs["pipeline_skeleton"], {name: (ref, set(methods)) for name, ref in kwargs["model_refs"].items()}
 
     def prepare_pipeline_for_actors(
         self, pipeline: Any, model_attr_names: Iterable[str] | None = None
