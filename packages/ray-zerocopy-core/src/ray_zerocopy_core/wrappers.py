@@ -55,7 +55,8 @@ class ModelWrapper:
         mode: ``"actor"`` or ``"task"``.
         model_attr_names: the pipeline attributes to share; found automatically if None.
         method_names: task mode only: model methods callable remotely
-            (default ``("__call__",)``).
+            (default ``("__call__",)``). ``__call__`` is always callable; a name that no
+            model has (a pipeline's own method, say) is ignored with one warning.
         device: where loaded models go: ``None``/``"cpu"`` (zero-copy) or e.g. ``"cuda:0"``.
         use_fast_load: leave parameters as plain tensors instead of ``nn.Parameter``.
         writable: load private, writable copies instead of read-only shared weights
@@ -64,6 +65,10 @@ class ModelWrapper:
             thread, so the first forward runs at full speed sooner.
         task_options: task mode only: Ray options for each task (``num_cpus``,
             ``num_gpus``, ``resources``...).
+
+    The options from ``method_names`` on are keyword-only, and :class:`TaskWrapper` and
+    :class:`ActorWrapper` take the same ones. :meth:`serialize` and :meth:`deserialize`
+    take a wrapper apart into picklable values and back.
     """
 
     #: Methods callable through task-mode shims when ``method_names`` is not given.
