@@ -23,7 +23,7 @@ from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")
 
-TOP_0X = ["ModelWrapper", "JITModelWrapper"]
+TOP_0X = ["__version__", "ModelWrapper", "JITModelWrapper"]
 NN_0X = ["load_pipeline_for_actors", "load_pipeline_for_tasks", "rewrite_pipeline", "prepare_pipeline"]
 NN_0X += ["model_info_to_model_refs"]
 JIT_0X = ["prepare_jit_model_for_actors", "load_jit_model_in_actor", "prepare_pipeline_for_actors"]
@@ -132,7 +132,10 @@ def test_jit_task_functions_round_trip_a_pipeline() -> None:
 
     pipeline, x = script_pair(), torch.randn(5, 32)
     expected = pipeline(x)
-    skeleton, info = once(lambda: rzj.prepare_pipeline_for_tasks(pipeline), "JITTaskWrapper(pipeline)")
+    skeleton, info = once(
+        lambda: rzj.prepare_pipeline_for_tasks(pipeline, ("__call__", "forward"), filter_private=False),
+        "JITTaskWrapper(pipeline)",
+    )
     assert all(methods == {"__call__", "forward"} for _, methods in info.values())
     assert set(once(lambda: rzj.model_info_to_model_refs(info), "wrapper.model_refs")) == {"encoder", "decoder"}
     tasks = once(lambda: rzj.load_pipeline_for_tasks(skeleton, info), "JITTaskWrapper(pipeline).load()")

@@ -242,12 +242,13 @@ class Family:
         return self._load(pipeline_skeleton, model_refs, device=device, use_fast_load=use_fast_load)
 
     def prepare_pipeline_for_tasks(
-        self, pipeline: Any, method_names: Sequence[str] | None = None
+        self, pipeline: Any, method_names: Sequence[str] | None = None, filter_private: bool = False
     ) -> tuple[Any, ModelInfo]:
         """Deprecated (0.x): use ``TaskWrapper(pipeline, method_names=...)`` (``JITTaskWrapper``).
 
         Store each model; return ``(skeleton, model_info)`` for :func:`load_pipeline_for_tasks`.
-        ``method_names`` defaults to the task wrapper's.
+        ``method_names`` defaults to the task wrapper's; ``filter_private`` is accepted and
+        has no effect, as for :func:`prepare_pipeline`.
         """
         self._warn("prepare_pipeline_for_tasks", f"{self.task_wrapper}(pipeline)", "ray_zerocopy.nn")
         task_class = self._wrapper_class(self.task_wrapper)
