@@ -251,3 +251,12 @@ def test_load_accepts_0x_use_fast_load_spelling_with_a_warning() -> None:
     assert not isinstance(fast.weight, nn.Parameter)
     assert isinstance(wrapper.load().weight, nn.Parameter)
     assert inspect.signature(ModelWrapper.load).parameters["use_fast_load"].default is None
+
+
+def test_deserialize_keeps_the_class_mode() -> None:
+    from ray_zerocopy import ActorWrapper, WrongModeError
+
+    parts = ModelWrapper.from_model(nn.Linear(4, 4), mode="task").serialize()
+    assert TaskWrapper.deserialize(**{**parts, "mode": "task"}).mode == "task"
+    with pytest.raises(WrongModeError, match="ActorWrapper is for actor mode"):
+        ActorWrapper.deserialize(**parts)

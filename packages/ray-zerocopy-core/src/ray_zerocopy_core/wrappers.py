@@ -119,16 +119,30 @@ class ModelWrapper:
         ``mode`` defaults to ``"actor"``, or to the one mode of ``TaskWrapper`` and
         ``ActorWrapper``, which refuse the other one.
         """
+        mode = cls._resolve_mode(mode)
         if cls.fixed_mode is None:
-            mode = "actor" if mode is _DEFAULT_MODE else mode
             return cls(model_or_pipeline, mode, model_attr_names, method_names=method_names, **options)
-        if mode is not _DEFAULT_MODE and mode != cls.fixed_mode:
+        return cls(model_or_pipeline, model_attr_names=model_attr_names, method_names=method_names, **options)
+
+    @classmethod
+    def _resolve_mode(cls, mode: Any) -> Mode:
+        """``mode`` checked, or the class's own mode when not given (``"actor"`` for ModelWrapper).
+
+        Raises:
+            InvalidOptionError: ``mode`` is not ``"actor"`` or ``"task"``.
+            WrongModeError: ``TaskWrapper``/``ActorWrapper`` asked for the other mode.
+        """
+        if mode is _DEFAULT_MODE:
+            return cls.fixed_mode or "actor"
+        if mode not in _MODES:
+            raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
+        if cls.fixed_mode is not None and mode != cls.fixed_mode:
             other = "TaskWrapper" if mode == "task" else "ActorWrapper"
             raise WrongModeError(
                 f"{cls.__name__} is for {cls.fixed_mode} mode; for {mode} mode use {other} or "
                 f"ModelWrapper.from_model(..., mode={mode!r})."
             )
-        return cls(model_or_pipeline, model_attr_names=model_attr_names, method_names=method_names, **options)
+        return mode
 
     @classmethod
     def for_tasks(
@@ -143,7 +157,7 @@ class ModelWrapper:
         *,
         skeleton: Any,
         model_refs: dict[str, Any],
-        mode: Mode = "actor",
+        mode: Mode = _DEFAULT_MODE,
         method_names: Sequence[str] | None = None,
         options: dict[str, Any] | None = None,
         task_options: dict[str, Any] | None = None,
@@ -151,10 +165,11 @@ class ModelWrapper:
     ) -> ModelWrapper:
         """The wrapper that :meth:`serialize` described: ``ModelWrapper.deserialize(**wrapper.serialize())``.
 
-        Nothing is stored again; the wrapper refers to the same stored models.
+        Nothing is stored again; the wrapper refers to the same stored models. Like
+        unpickling, this fills in a new instance without calling ``__init__``, which would
+        store the models.
         """
-        if mode not in _MODES:
-            raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
+        mode = cls._resolve_mode(mode)
         wrapper = cls.__new__(cls)
         wrapper.__dict__.update(
             _mode=mode,
