@@ -383,7 +383,7 @@ def publish(
     _check_name(name)
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
-    options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+    options = LoadOptions().merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
     previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
     with _calling_holder(name, target):
@@ -459,9 +459,7 @@ def get_or_publish(
         )
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
-    defaults = LoadOptions(
-        device=device, use_fast_load=bool(use_fast_load), writable=bool(writable), prefault=bool(prefault)
-    )
+    defaults = LoadOptions().merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
     job = _job(loader, names)
     previous = _holder.kv_get(name)
     target = _holder_for(name, holder)
@@ -524,11 +522,8 @@ def load_published(
         raise _holder_gone(name, holder)
     shared = SharedPipeline(cloudpickle.loads(record["skeleton"]), dict(record["refs"]), dict(record["nbytes"]))
     stored = record["options"]
-    options = LoadOptions(
-        device=stored["device"] if device is None else device,
-        use_fast_load=stored["use_fast_load"] if use_fast_load is None else use_fast_load,
-        writable=stored["writable"] if writable is None else writable,
-        prefault=stored["prefault"] if prefault is None else prefault,
+    options = LoadOptions(**stored).merged(
+        device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
     )
     try:
         return load_pipeline(shared, options)

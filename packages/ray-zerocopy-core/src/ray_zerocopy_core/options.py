@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -33,3 +34,13 @@ class LoadOptions:
     def zero_copy(self) -> bool:
         """Whether the rebuilt tensors will alias the stored bytes."""
         return not self.writable and torch.device(self.device or "cpu").type == "cpu"
+
+    def merged(self, **overrides: Any) -> LoadOptions:
+        """These options with every override that is not ``None`` applied (``None`` keeps the value).
+
+        Example::
+
+            LoadOptions(device="cuda:0").merged(device=None, writable=True)
+            # LoadOptions(device="cuda:0", use_fast_load=False, writable=True, prefault=False)
+        """
+        return replace(self, **{name: value for name, value in overrides.items() if value is not None})

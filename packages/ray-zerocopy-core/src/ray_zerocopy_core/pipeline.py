@@ -1,14 +1,20 @@
 """Pipelines: objects whose attributes are models, shared one Ray object per model.
 
 A bare model is handled like a pipeline of one. :class:`SharedPipeline` holds what
-workers need: the pipeline without its models (the *skeleton*), and one ObjectRef per
-model. It is small to pickle: weights never travel with it.
+workers need: the pipeline pickled with a stand-in for each of its models (the
+*skeleton*), and one ObjectRef per model. Every reference to a shared model gets the
+stand-in, whether an attribute, a closure variable or a global that the pipeline's
+methods use, so it is small to pickle: weights never travel with it.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
+import io
+import pickle
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import CodeType, FunctionType
 from typing import Any
@@ -78,6 +84,55 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
 SKELETON_TENSOR_LIMIT = 64 * 1024
 
 
+class _StandInPickler(cloudpickle.CloudPickler):
+    """Pickles a pipeline with a stand-in (its attribute name) for every shared model.
+
+    Whatever reaches a shared model (an attribute, a closure cell, a global that a method
+    sent by value uses) gets the same stand-in, so the weights are never pickled. Tensors
+    pickled by value are recorded for the size check.
+    """
+
+    def __init__(self, file: io.BytesIO, standins: dict[int, str]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._standins = standins
+        self.carried: dict[int, torch.Tensor] = {}
+
+    def persistent_id(self, obj: Any) -> str | None:
+        name = self._standins.get(id(obj))
+        if name is None and isinstance(obj, torch.Tensor):
+            self.carried.setdefault(id(obj), obj)
+        return name
+
+    def reducer_override(self, obj: Any) -> Any:
+        """Send classes by value untracked, so that each unpickling makes a class of its own.
+
+        cloudpickle otherwise reuses a class it met before in the process (by a tracker
+        id) and re-sets its methods, which would rebind the closures and globals of the
+        caller's own class, or of a pipeline loaded earlier, to the models of this load.
+        """
+        reduced = super().reducer_override(obj)
+        if isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) > 1:
+            make, args = reduced[0], reduced[1]
+            tracked = getattr(make, "__name__", "") == "_make_skeleton_class" and len(args) == 6
+            if tracked and isinstance(args[4], str):
+                reduced = (make, (*args[:4], None, *args[5:]), *reduced[2:])
+        return reduced
+
+
+class _StandInUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, models: Mapping[str, Any]) -> None:
+        super().__init__(file)
+        self._models = models
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._models.get(pid)
+
+
+def load_skeleton(data: bytes, models: Mapping[str, Any]) -> Any:
+    """Unpickle a skeleton from :func:`pickle_skeleton`, each stand-in becoming ``models[name]`` (or None)."""
+    return _StandInUnpickler(io.BytesIO(data), models).load()
+
+
 def _holds_tensors(value: Any) -> bool:
     """Whether pickling ``value`` would carry tensor data (or cannot be done at all)."""
     if isinstance(value, (torch.Tensor, torch.nn.Module)):
@@ -89,9 +144,9 @@ def _holds_tensors(value: Any) -> bool:
 
 
 def _by_value_functions(cls: type) -> Iterator[tuple[str, FunctionType]]:
-    """``(qualname, function)`` of the methods cloudpickle sends by value (classes of ``__main__``)."""
+    """``(qualname, function)`` of the methods cloudpickle sends by value (classes of ``__main__`` or local)."""
     for klass in cls.__mro__:
-        if klass.__module__ != "__main__":
+        if klass.__module__ != "__main__" and "<locals>" not in klass.__qualname__:
             continue
         for member in vars(klass).values():
             for function in (member, getattr(member, "__func__", None), getattr(member, "fget", None)):
@@ -120,37 +175,49 @@ def skeleton_culprits(skeleton: Any, suspect: Callable[[Any], bool]) -> list[str
     return list(dict.fromkeys(found))
 
 
-def check_skeleton(skeleton: Any) -> None:
-    """Refuse a skeleton that cannot be pickled or would carry weights to every worker by value.
+def pickle_skeleton(skeleton: Any, models: Mapping[str, Any]) -> bytes:
+    """Pickle ``skeleton`` with a stand-in for each of ``models`` (name to model), wherever it is reached.
 
-    A pipeline class defined in a script's ``__main__`` is pickled by value, together
-    with the globals and closure variables its methods use: a model reached that way
-    would travel (and be copied) to every worker. The error names the culprit.
+    A class defined in a script's ``__main__`` or inside a function is pickled by value,
+    with the globals and closure variables its methods use: a shared model reached that
+    way becomes the same stand-in as the attribute, and :func:`load_skeleton` puts the
+    worker's model there. Anything else the pipeline reaches travels by value.
+
+    Raises:
+        PipelineError: the skeleton cannot be pickled, or would carry more than
+            :data:`SKELETON_TENSOR_LIMIT` bytes of tensors to every worker (a model captured
+            by a global or closure that is not one of the shared models, say); the error
+            names the culprit.
     """
+    shared = {id(model) for model in models.values()}
     kind = type(skeleton).__qualname__
+    buffer = io.BytesIO()
+    pickler = _StandInPickler(buffer, {id(model): name for name, model in models.items()})
     try:
-        _, tensors = split_tensors(skeleton)
+        pickler.dump(skeleton)
     except Exception as exc:
-        culprits = skeleton_culprits(skeleton, lambda value: not _picklable(value))
+        culprits = skeleton_culprits(skeleton, lambda value: id(value) not in shared and not _picklable(value))
         where = f" ({', '.join(culprits)})" if culprits else ""
         raise PipelineError(
             f"The pipeline {kind} cannot be pickled{where}: {exc}. Workers receive the pipeline "
-            "without its models, so everything else it holds or its methods use must be picklable: "
-            "give models to the pipeline as attributes (self.model = model), and create other "
-            "unpicklable resources lazily inside the worker."
+            "with a stand-in for each shared model, so everything else it holds or its methods use must "
+            "be picklable: give models to the pipeline as attributes (self.model = model), and create "
+            "other unpicklable resources lazily inside the worker."
         ) from exc
+    tensors = pickler.carried.values()
     storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}
     carried = sum(size for _, size in storages)
     if carried > SKELETON_TENSOR_LIMIT:
-        culprits = skeleton_culprits(skeleton, _holds_tensors)
+        culprits = skeleton_culprits(skeleton, lambda value: id(value) not in shared and _holds_tensors(value))
         where = ", ".join(culprits) or "somewhere in its state"
         raise PipelineError(
             f"The pipeline {kind} would carry {carried / 1024**2:.1f} MiB of tensors to every worker "
-            f"by value, outside the shared models: {where}. A model a method reaches through a "
-            "global or closure variable is pickled with the pipeline, and every worker gets a "
-            "private copy. Pass the model to the pipeline instead (as a constructor argument, "
-            "stored as an attribute: self.model = model), so it is shared zero-copy."
+            f"by value, outside the shared models: {where}. Only the pipeline's shared models are "
+            "replaced when it is pickled; a model reached otherwise travels with it, and every worker "
+            "gets a private copy. Give the model to the pipeline as an attribute (self.model = model), "
+            "or name it in model_attr_names, so it is shared zero-copy."
         )
+    return buffer.getvalue()
 
 
 def _picklable(value: Any) -> bool:
@@ -161,15 +228,43 @@ def _picklable(value: Any) -> bool:
     return True
 
 
-def _check_methods(models: dict[str, Any], method_names: Iterable[str]) -> None:
-    """Raise :class:`PipelineError` for a method name that no model has."""
+#: Method names already warned about (warned once per process, per method and model kinds).
+_warned_methods: set[str] = set()
+
+
+def usable_methods(models: Mapping[str, Any], method_names: Iterable[str]) -> tuple[str, ...]:
+    """``method_names`` that some model has, plus ``__call__``; warn once about the others.
+
+    A name no model has (a pipeline's own method, say) is ignored, as ray-zerocopy 0.x
+    did, with a :class:`UserWarning` naming the method and the models. With a
+    :class:`~ray_zerocopy_core.checkpoint.Checkpoint` among the models every name is kept.
+    """
+    kept: list[str] = []
+    # a checkpoint's module exists only while its files are read: any name may be one of its methods
+    unknown = any(isinstance(model, Checkpoint) for model in models.values())
     for method in method_names:
-        if not any(callable(getattr(model, method, None)) for model in models.values()):
-            kinds = ", ".join(sorted({type(model).__qualname__ for model in models.values()}))
-            raise PipelineError(
-                f"method_names includes {method!r}, but no model ({kinds}) has such a method. "
-                "Name methods the models define, e.g. method_names=['__call__', 'encode']."
-            )
+        if method == "__call__" or unknown or any(callable(getattr(model, method, None)) for model in models.values()):
+            kept.append(method)
+            continue
+        kinds = ", ".join(sorted({type(model).__qualname__ for model in models.values()}))
+        message = (
+            f"method_names includes {method!r}, but no model ({kinds}) has such a method; it is ignored. "
+            "Name methods the models define, e.g. method_names=['__call__', 'encode']."
+        )
+        if message not in _warned_methods:
+            _warned_methods.add(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
+    if "__call__" not in kept:
+        kept.insert(0, "__call__")
+    return tuple(dict.fromkeys(kept))
+
+
+def _reference(model: Any) -> Callable[[], Any]:
+    """A weak reference to ``model`` where it allows one (a strong one otherwise)."""
+    try:
+        return weakref.ref(model)
+    except TypeError:
+        return lambda: model
 
 
 @dataclass
@@ -177,32 +272,40 @@ class SharedPipeline:
     """A pipeline or bare model whose models live in the object store.
 
     Attributes:
-        skeleton: the pipeline with every model attribute set to ``None`` (``None`` for
-            a bare model).
+        skeleton: the pipeline pickled with a stand-in for each shared model
+            (:func:`pickle_skeleton`), what workers unpickle; ``None`` for a bare model, and
+            in task mode until the pipeline is first pickled.
         refs: attribute name to the ObjectRef of that model (``""`` for a bare model).
         nbytes: weight bytes per attribute.
+        local: the pipeline in the caller, its models set to ``None`` (not pickled): the
+            caller assembles it without unpickling anything, so its own class, closures and
+            globals are left as they are.
+        method_names: task mode: the model methods callable remotely.
     """
 
     skeleton: Any
     refs: dict[str, ray.ObjectRef]
     nbytes: dict[str, int] = field(default_factory=dict)
+    local: Any = field(default=None, repr=False, compare=False)
+    method_names: tuple[str, ...] = ()
+    _models: dict[str, Callable[[], Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def share(
         cls,
         obj: Any,
         model_attr_names: str | Iterable[str] | None = None,
-        method_names: Iterable[str] = (),
+        method_names: Iterable[str] | None = None,
     ) -> SharedPipeline:
         """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store.
 
-        ``method_names`` (task mode) must each be a method of at least one model; this is
-        checked here, before anything is stored, rather than in a remote task later.
+        With ``method_names`` (task mode) the pipeline stays in the caller and is pickled
+        only if the wrapper is; otherwise it is pickled here, with a stand-in for each
+        model, so that a pipeline that cannot travel is refused before anything is stored.
         """
         backend = model_backend(obj) if model_attr_names is None else None
         if backend is not None:
             models = {BARE_MODEL: (obj, backend)}
-            skeleton = None
         else:
             models = find_models(obj) if model_attr_names is None else named_models(obj, model_attr_names)
             if not models:
@@ -211,19 +314,22 @@ class SharedPipeline:
                     "a backend can share (nn.Module, ScriptModule, ExportedProgram...). Give the models "
                     "as attributes, or name them with model_attr_names=[...]."
                 )
-            skeleton = copy.copy(obj)
+        plain = {name: model for name, (model, _) in models.items()}
+        methods = usable_methods(plain, method_names) if method_names is not None else ()
+        skeleton = local = None
+        if backend is None:
+            local = copy.copy(obj)
             for name in models:
-                setattr(skeleton, name, None)
-            check_skeleton(skeleton)
-        built = {name: model for name, (model, _) in models.items() if not isinstance(model, Checkpoint)}
-        if built:  # a checkpoint's module exists only while its files are read: its methods are not checked
-            _check_methods(built, method_names)
+                setattr(local, name, None)
+            if method_names is None:
+                skeleton = pickle_skeleton(local, plain)
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
         for name, (model, backend_of_model) in models.items():
             what = f"model {name!r}" if name else "model"
             refs[name], sizes[name] = share_model(model, backend_of_model, what=what)
-        return cls(skeleton, refs, sizes)
+        captured = {name: _reference(model) for name, model in plain.items()} if local is not None else {}
+        return cls(skeleton, refs, sizes, local, methods, captured)
 
     @property
     def is_bare_model(self) -> bool:
@@ -242,11 +348,38 @@ class SharedPipeline:
                 "This wrapper's models were released (release() was called); wrap the model again."
             )
 
+    def pickled_skeleton(self) -> Any:
+        """:attr:`skeleton`, pickling the caller's pipeline first if that was not done yet (task mode)."""
+        if self.skeleton is None and self.local is not None:
+            live = {name: model() for name, model in self._models.items()}
+            self.skeleton = pickle_skeleton(self.local, {name: m for name, m in live.items() if m is not None})
+        return self.skeleton
+
+    def skeleton_object(self) -> Any:
+        """The pipeline with its model attributes set to ``None``, as an object (``None`` for a bare model).
+
+        The shape the legacy functions and ``constructor_kwargs`` hand out: a plain object,
+        pickled as any other, so a model it captures travels with it (the wrappers send
+        :attr:`skeleton` instead).
+        """
+        if self.local is not None or not isinstance(self.skeleton, bytes):
+            return self.local if self.local is not None else self.skeleton
+        return load_skeleton(self.skeleton, {})
+
     def assemble(self, models: dict[str, Any]) -> Any:
-        """A copy of the skeleton with ``models`` in place (or the bare model itself)."""
+        """The pipeline with ``models`` in place (or the bare model itself).
+
+        In the caller a shallow copy of its pipeline; elsewhere the skeleton unpickled,
+        each stand-in becoming the model of that name.
+        """
         if self.is_bare_model:
             return models[BARE_MODEL]
-        pipeline = copy.copy(self.skeleton)
+        if self.local is not None:
+            pipeline = copy.copy(self.local)
+        elif isinstance(self.skeleton, bytes):
+            pipeline = load_skeleton(self.skeleton, models)
+        else:  # a pipeline object given by hand (the legacy functions accept one)
+            pipeline = copy.copy(self.skeleton)
         for name, model in models.items():
             setattr(pipeline, name, model)
         return pipeline
@@ -255,3 +388,8 @@ class SharedPipeline:
         """Drop this handle's references; Ray frees the objects once no worker uses them."""
         self.refs = {}
         self.nbytes = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(skeleton=self.pickled_skeleton(), local=None, _models={})
+        return state

@@ -8,7 +8,9 @@ which backend shares each model is always decided by the registry.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,7 +56,8 @@ class ModelWrapper:
         mode: ``"actor"`` or ``"task"``.
         model_attr_names: the pipeline attributes to share; found automatically if None.
         method_names: task mode only: model methods callable remotely
-            (default ``("__call__",)``).
+            (default ``("__call__",)``). ``__call__`` is always callable; a name that no
+            model has (a pipeline's own method, say) is ignored with one warning.
         device: where loaded models go: ``None``/``"cpu"`` (zero-copy) or e.g. ``"cuda:0"``.
         use_fast_load: leave parameters as plain tensors instead of ``nn.Parameter``.
         writable: load private, writable copies instead of read-only shared weights
@@ -63,6 +66,10 @@ class ModelWrapper:
             thread, so the first forward runs at full speed sooner.
         task_options: task mode only: Ray options for each task (``num_cpus``,
             ``num_gpus``, ``resources``...).
+
+    The options from ``method_names`` on are keyword-only, and :class:`TaskWrapper` and
+    :class:`ActorWrapper` take the same ones. :meth:`serialize` and :meth:`deserialize`
+    take a wrapper apart into picklable values and back.
     """
 
     #: Methods callable through task-mode shims when ``method_names`` is not given.
@@ -75,26 +82,14 @@ class ModelWrapper:
         model_or_pipeline: Any,
         mode: Mode = "actor",
         model_attr_names: str | Iterable[str] | None = None,
+        *,
         method_names: Sequence[str] | None = None,
         device: str | torch.device | None = None,
         use_fast_load: bool = False,
         writable: bool = False,
-        task_options: dict[str, Any] | None = None,
         prefault: bool = False,
+        task_options: dict[str, Any] | None = None,
     ) -> None:
-        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-        self._share(model_or_pipeline, mode, model_attr_names, method_names, options, task_options)
-
-    def _share(
-        self,
-        model_or_pipeline: Any,
-        mode: str,
-        model_attr_names: str | Iterable[str] | None,
-        method_names: Sequence[str] | None,
-        options: LoadOptions,
-        task_options: dict[str, Any] | None,
-    ) -> None:
-        """Check the mode's arguments and store the models (what every constructor does)."""
         if mode not in _MODES:
             raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
         if mode == "actor" and (method_names is not None or task_options):
@@ -104,13 +99,11 @@ class ModelWrapper:
             )
         if isinstance(method_names, str):
             method_names = (method_names,)
-        self._mode: Mode = mode  # type: ignore[assignment]
-        self._method_names = tuple(method_names) if method_names else self.default_method_names
-        self._options = options
+        self._mode: Mode = mode
+        self._options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
         self._task_options = dict(task_options or {})
-        self._shared = SharedPipeline.share(
-            model_or_pipeline, model_attr_names, self._method_names if mode == "task" else ()
-        )
+        requested = (tuple(method_names) if method_names else self.default_method_names) if mode == "task" else None
+        self._shared = SharedPipeline.share(model_or_pipeline, model_attr_names, requested)
         self._task_pipeline: Any = None
 
     @classmethod
@@ -127,17 +120,30 @@ class ModelWrapper:
         ``mode`` defaults to ``"actor"``, or to the one mode of ``TaskWrapper`` and
         ``ActorWrapper``, which refuse the other one.
         """
+        mode = cls._resolve_mode(mode)
+        if cls.fixed_mode is None:
+            return cls(model_or_pipeline, mode, model_attr_names, method_names=method_names, **options)
+        return cls(model_or_pipeline, model_attr_names=model_attr_names, method_names=method_names, **options)
+
+    @classmethod
+    def _resolve_mode(cls, mode: Any) -> Mode:
+        """``mode`` checked, or the class's own mode when not given (``"actor"`` for ModelWrapper).
+
+        Raises:
+            InvalidOptionError: ``mode`` is not ``"actor"`` or ``"task"``.
+            WrongModeError: ``TaskWrapper``/``ActorWrapper`` asked for the other mode.
+        """
         if mode is _DEFAULT_MODE:
-            mode = cls.fixed_mode or "actor"
+            return cls.fixed_mode or "actor"
+        if mode not in _MODES:
+            raise InvalidOptionError(f"mode must be 'actor' or 'task', got {mode!r}.")
         if cls.fixed_mode is not None and mode != cls.fixed_mode:
             other = "TaskWrapper" if mode == "task" else "ActorWrapper"
             raise WrongModeError(
                 f"{cls.__name__} is for {cls.fixed_mode} mode; for {mode} mode use {other} or "
                 f"ModelWrapper.from_model(..., mode={mode!r})."
             )
-        wrapper = cls.__new__(cls)
-        ModelWrapper.__init__(wrapper, model_or_pipeline, mode, model_attr_names, method_names, **options)
-        return wrapper
+        return mode
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, mode: Mode = _DEFAULT_MODE, **options: Any) -> ModelWrapper:
@@ -164,6 +170,62 @@ class ModelWrapper:
     ) -> ModelWrapper:
         """Shortcut for ``from_model(model_or_pipeline, mode="task", ...)``."""
         return cls.from_model(model_or_pipeline, "task", method_names=method_names, **options)
+
+    @classmethod
+    def deserialize(
+        cls,
+        *,
+        skeleton: Any,
+        model_refs: dict[str, Any],
+        mode: Mode = _DEFAULT_MODE,
+        method_names: Sequence[str] | None = None,
+        options: dict[str, Any] | None = None,
+        task_options: dict[str, Any] | None = None,
+        nbytes: dict[str, int] | None = None,
+    ) -> ModelWrapper:
+        """The wrapper that :meth:`serialize` described: ``ModelWrapper.deserialize(**wrapper.serialize())``.
+
+        Nothing is stored again; the wrapper refers to the same stored models. Like
+        unpickling, this fills in a new instance without calling ``__init__``, which would
+        store the models.
+        """
+        mode = cls._resolve_mode(mode)
+        wrapper = cls.__new__(cls)
+        wrapper.__dict__.update(
+            _mode=mode,
+            _options=LoadOptions(**(options or {})),
+            _task_options=dict(task_options or {}),
+            _shared=SharedPipeline(
+                skeleton, dict(model_refs), dict(nbytes or {}), method_names=tuple(method_names or ())
+            ),
+            _task_pipeline=None,
+        )
+        return wrapper
+
+    def serialize(self) -> dict[str, Any]:
+        """This wrapper as a dict of picklable values (the skeleton and the models' references, not weights).
+
+        :meth:`deserialize` turns it back into a wrapper, in this process or another.
+        """
+        return {
+            "skeleton": self._shared.pickled_skeleton(),
+            "model_refs": dict(self._shared.refs),
+            "mode": self._mode,
+            "method_names": list(self._shared.method_names),
+            "options": asdict(self._options),
+            "task_options": dict(self._task_options),
+            "nbytes": dict(self._shared.nbytes),
+        }
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """Task mode: the model methods callable remotely (empty in actor mode)."""
+        return self._shared.method_names
+
+    @property
+    def model_refs(self) -> dict[str, Any]:
+        """Attribute name to the ObjectRef of that stored model (``""`` for a bare model)."""
+        return dict(self._shared.refs)
 
     @property
     def mode(self) -> Mode:
@@ -193,7 +255,7 @@ class ModelWrapper:
         """
         self._shared.check_available()
         kwargs = {
-            "pipeline_skeleton": self._shared.skeleton,
+            "pipeline_skeleton": self._shared.skeleton_object(),
             "model_refs": dict(self._shared.refs),
             "device": self._options.device,
             "use_fast_load": self._options.use_fast_load,
@@ -207,27 +269,35 @@ class ModelWrapper:
         use_fast_load: bool | None = None,
         writable: bool | None = None,
         prefault: bool | None = None,
+        **deprecated: Any,
     ) -> Any:
         """Return the ready pipeline (or model).
 
         Actor mode: rebuild every model in this process; on the CPU the weights alias the
         object store and are read-only (``writable=True`` gives a private copy).
         Task mode: the pipeline with each model replaced by a task-running shim.
-        Arguments left as None keep the wrapper's settings.
+        Arguments left as None keep the wrapper's settings. ``_use_fast_load`` (0.x's
+        spelling) is accepted with a :class:`DeprecationWarning`.
         """
-        options = LoadOptions(
-            device=self._options.device if device is None else device,
-            use_fast_load=self._options.use_fast_load if use_fast_load is None else use_fast_load,
-            writable=self._options.writable if writable is None else writable,
-            prefault=self._options.prefault if prefault is None else prefault,
-        )
+        if "_use_fast_load" in deprecated:
+            warnings.warn(
+                "load(_use_fast_load=...) is deprecated; use load(use_fast_load=...) instead.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            fast = deprecated.pop("_use_fast_load")
+            use_fast_load = fast if use_fast_load is None else use_fast_load
+        if deprecated:
+            raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
+        options = self._options.merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
         if self._mode == "actor":
             return load_pipeline(self._shared, options)
+        methods = self._shared.method_names
         if options == self._options:
             if self._task_pipeline is None:
-                self._task_pipeline = rewrite_for_tasks(self._shared, self._method_names, options, self._task_options)
+                self._task_pipeline = rewrite_for_tasks(self._shared, methods, options, self._task_options)
             return self._task_pipeline
-        return rewrite_for_tasks(self._shared, self._method_names, options, self._task_options)
+        return rewrite_for_tasks(self._shared, methods, options, self._task_options)
 
     def release(self) -> None:
         """Drop the wrapper's references to the stored models.
@@ -271,7 +341,8 @@ class TaskWrapper(ModelWrapper):
 
     ``TaskWrapper(pipeline)(x)`` runs the pipeline's own ``__call__`` here, with each
     model call sent to a task. Other pipeline attributes and methods are reachable
-    through the wrapper, too.
+    through the wrapper, too. ``method_names`` may come second, as in ray-zerocopy 0.x;
+    the other options are keyword-only (see :class:`ModelWrapper`).
     """
 
     fixed_mode: ClassVar[Mode | None] = "task"
@@ -280,30 +351,20 @@ class TaskWrapper(ModelWrapper):
         self,
         pipeline: Any,
         method_names: Sequence[str] | None = None,
-        device: str | torch.device | None = None,
-        use_fast_load: bool = False,
-        writable: bool = False,
-        task_options: dict[str, Any] | None = None,
+        *,
         model_attr_names: str | Iterable[str] | None = None,
-        prefault: bool = False,
+        **options: Any,
     ) -> None:
-        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-        self._share(pipeline, "task", model_attr_names, method_names, options, task_options)
+        super().__init__(pipeline, "task", model_attr_names, method_names=method_names, **options)
 
 
 class ActorWrapper(ModelWrapper):
-    """Actor mode: pass the wrapper to actors and call :meth:`load` in their ``__init__``."""
+    """Actor mode: pass the wrapper to actors and call :meth:`load` in their ``__init__``.
+
+    Options after ``model_attr_names`` are keyword-only (see :class:`ModelWrapper`).
+    """
 
     fixed_mode: ClassVar[Mode | None] = "actor"
 
-    def __init__(
-        self,
-        pipeline: Any,
-        model_attr_names: str | Iterable[str] | None = None,
-        device: str | torch.device | None = None,
-        use_fast_load: bool = False,
-        writable: bool = False,
-        prefault: bool = False,
-    ) -> None:
-        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-        self._share(pipeline, "actor", model_attr_names, None, options, None)
+    def __init__(self, pipeline: Any, model_attr_names: str | Iterable[str] | None = None, **options: Any) -> None:
+        super().__init__(pipeline, "actor", model_attr_names, **options)

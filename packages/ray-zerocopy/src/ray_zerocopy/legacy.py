@@ -1,38 +1,44 @@
-"""The function API of earlier versions, kept working; every call warns and names its replacement.
+"""The function API of earlier versions, kept working; every call warns once and names its replacement.
 
-Earlier versions had one family of functions per model kind: the eager ones
-(``ray_zerocopy``, ``ray_zerocopy.invoke``, ``ray_zerocopy.actor``) and the
-TorchScript ones (``ray_zerocopy.jit``, ``ray_zerocopy.jit.invoke``,
-``ray_zerocopy.jit.actor``). Both are written once, as the methods of
-:class:`Family`, over the public wrappers; each function of this module is such a
-method bound to :data:`EAGER` or :data:`JIT`. A family is only the pair of wrapper
-classes it stands for (``TaskWrapper``/``ActorWrapper`` or
-``JITTaskWrapper``/``JITActorWrapper``): they give the defaults and the replacement
-each warning names. Which backend shares each model is decided by the registry either
-way.
+Two generations of functions are kept: the seed functions (``ray_zerocopy``,
+``ray_zerocopy.invoke``, ``ray_zerocopy.actor`` and their ``ray_zerocopy.jit``
+counterparts) and ray-zerocopy 0.x's module functions (``ray_zerocopy.nn`` and
+``ray_zerocopy.jit``: ``prepare_pipeline``, ``load_pipeline_for_actors``, ``call_model``,
+``extract_tensors``...). Each is written once, as a method of :class:`Family`, over the
+public wrappers (``serialize``/``deserialize`` carry a wrapper's parts) and the plugin
+SDK; each module function is such a method bound to :data:`EAGER` or :data:`JIT`. A family
+is only the pair of wrapper classes it stands for (``TaskWrapper``/``ActorWrapper`` or
+``JITTaskWrapper``/``JITActorWrapper``): they give the defaults and the replacement each
+warning names. Which backend shares each model is decided by the registry either way.
 
 New code should use the wrappers; :doc:`/migration` shows each replacement.
 """
 
 from __future__ import annotations
 
+import functools
+import pickle
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
 from ray_zerocopy._jit_import import jit_wrapper
 from ray_zerocopy_core.errors import UnsupportedModelError
-from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.pipeline import SharedPipeline
-from ray_zerocopy_core.sharing import rebuild_model
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, TensorTable
+from ray_zerocopy_core.registry import backend_for, get_backend
 from ray_zerocopy_core.wrappers import ActorWrapper, TaskWrapper
 
 Device = str | torch.device | None
+#: 0.x's ``model_info``: attribute name to (ObjectRef, methods callable remotely or None).
+ModelInfo = dict[str, tuple[Any, set[str] | None]]
+#: The key of a bare model's reference (a model that is not a pipeline).
+BARE_MODEL = ""
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,40 @@ class Family:
         model = "jit_model" if self.jit else "model"
         return f"prepare_{model}_for_actors" if verb == "prepare" else f"load_{model}_in_actor"
 
-    def _warn(self, function: str, replacement: str) -> None:
-        """Emit the DeprecationWarning of ``function``, pointing at the line that called it."""
-        old = f"{self.module}.{function}()" if self.jit else f"{function}()"
+    def _warn(self, function: str, replacement: str, module: str | None = None) -> None:
+        """Emit the one DeprecationWarning of ``function``, pointing at the line that called it.
+
+        ``module`` is where 0.x users imported it from (``ray_zerocopy.nn`` for the eager
+        0.x functions); the seed's eager functions are named without a module.
+        """
+        module = self.module if self.jit else module
+        old = f"{module}.{function}()" if module else f"{function}()"
         warnings.warn(f"{old} is deprecated; use {replacement} instead.", DeprecationWarning, stacklevel=3)
+
+    def _check_script_module(self, function: str, model: Any) -> None:
+        if self.jit and not isinstance(model, torch.jit.ScriptModule):
+            raise UnsupportedModelError(
+                f"{function}() takes a torch.jit.ScriptModule, got {type(model).__qualname__}. "
+                "Use ActorWrapper(model) for eager models."
+            )
+
+    def _load(self, skeleton: Any, model_refs: Mapping[str, Any], **options: Any) -> Any:
+        """Rebuild stored models in this process, through the actor wrapper (the one way to load)."""
+        wrapper = self._wrapper_class(self.actor_wrapper).deserialize(
+            skeleton=skeleton, model_refs=dict(model_refs), options=options
+        )
+        return wrapper.load()
+
+    def _store(self, pipeline: Any, model_attr_names: Iterable[str] | None) -> tuple[Any, dict[str, Any]]:
+        """Share ``pipeline``'s models with the actor wrapper; return its skeleton and model references.
+
+        The skeleton is the pipeline object with its models set to ``None``, as earlier
+        versions returned it (``constructor_kwargs`` gives it).
+        """
+        kwargs = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names).constructor_kwargs
+        return kwargs["pipeline_skeleton"], kwargs["model_refs"]
+
+    # --- the seed's functions -------------------------------------------------------------
 
     def rewrite_pipeline(self, pipeline: Any, method_names: Sequence[str] | None = None) -> Any:
         """Deprecated: use ``TaskWrapper(pipeline, method_names=...)`` (``JITTaskWrapper`` for TorchScript).
@@ -90,19 +126,14 @@ class Family:
         """
         function = self._model_function("prepare")
         self._warn(function, f"{self.actor_wrapper}(model)")
-        if self.jit and not isinstance(model, torch.jit.ScriptModule):
-            raise UnsupportedModelError(
-                f"{function}() takes a torch.jit.ScriptModule, got {type(model).__qualname__}. "
-                "Use ActorWrapper(model) for eager models."
-            )
-        wrapper = self._wrapper_class(self.actor_wrapper)(model)
-        if wrapper.model_names:
+        self._check_script_module(function, model)
+        skeleton, refs = self._store(model, None)
+        if skeleton is not None:
             raise UnsupportedModelError(
                 f"{function}() takes one model, got a pipeline ({type(model).__qualname__}); "
                 f"use {self.actor_wrapper}(pipeline)."
             )
-        (ref,) = wrapper.constructor_kwargs["model_refs"].values()
-        return ref
+        return refs[BARE_MODEL]
 
     def load_model_in_actor(self, model_ref: Any, device: Device = None, use_fast_load: bool = False) -> Any:
         """Deprecated: use ``ActorWrapper.load()`` (``JITActorWrapper`` for TorchScript).
@@ -112,7 +143,7 @@ class Family:
         passed top-level to an actor constructor).
         """
         self._warn(self._model_function("load"), f"{self.actor_wrapper}(model).load()")
-        return rebuild_model(model_ref, LoadOptions(device=device, use_fast_load=use_fast_load))
+        return self._load(None, {BARE_MODEL: model_ref}, device=device, use_fast_load=use_fast_load)
 
     def rewrite_pipeline_for_actors(
         self,
@@ -128,9 +159,7 @@ class Family:
         loading (:func:`load_pipeline_in_actor`).
         """
         self._warn("rewrite_pipeline_for_actors", f"{self.actor_wrapper}(pipeline)")
-        wrapper = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names=model_attr_names)
-        kwargs = wrapper.constructor_kwargs
-        return kwargs["pipeline_skeleton"], kwargs["model_refs"]
+        return self._store(pipeline, model_attr_names)
 
     def load_pipeline_in_actor(
         self,
@@ -147,22 +176,217 @@ class Family:
         gives these arguments too.
         """
         self._warn("load_pipeline_in_actor", f"{self.actor_wrapper}(pipeline).load()")
-        shared = SharedPipeline(pipeline_skeleton, dict(model_refs))
-        options = LoadOptions(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-        return load_pipeline(shared, options)
+        return self._load(
+            pipeline_skeleton,
+            model_refs,
+            device=device,
+            use_fast_load=use_fast_load,
+            writable=writable,
+            prefault=prefault,
+        )
+
+    # --- ray-zerocopy 0.x's module functions (ray_zerocopy.nn, ray_zerocopy.jit) ----------
+
+    def prepare_pipeline(
+        self,
+        pipeline: Any,
+        model_attr_names: Iterable[str] | None = None,
+        method_names: Sequence[str] | None = None,
+        filter_private: bool = False,
+    ) -> tuple[Any, ModelInfo]:
+        """Deprecated (0.x): use ``ActorWrapper(pipeline)``, or ``TaskWrapper(pipeline, method_names=...)``.
+
+        Store each model; return ``(skeleton, model_info)``, ``model_info`` mapping each
+        attribute to ``(ObjectRef, methods)``: the methods callable remotely with
+        ``method_names`` (task mode), ``None`` without (actor mode). ``filter_private`` is
+        accepted and has no effect: models are found among the pipeline's own attributes.
+        """
+        self._warn(
+            "prepare_pipeline", f"{self.actor_wrapper}(pipeline) or {self.task_wrapper}(pipeline)", "ray_zerocopy.nn"
+        )
+        return self._prepare(pipeline, model_attr_names, method_names)
+
+    def _prepare(
+        self, pipeline: Any, model_attr_names: Iterable[str] | None, method_names: Sequence[str] | None
+    ) -> tuple[Any, ModelInfo]:
+        if method_names is None:
+            skeleton, refs = self._store(pipeline, model_attr_names)
+            return skeleton, {name: (ref, None) for name, ref in refs.items()}
+        wrapper = self._wrapper_class(self.task_wrapper)(pipeline, method_names, model_attr_names=model_attr_names)
+        kwargs, methods = wrapper.constructor_kwargs, set(wrapper.method_names)
+        return kwargs["pipeline_skeleton"], {name: (ref, set(methods)) for name, ref in kwargs["model_refs"].items()}
+
+    def prepare_pipeline_for_actors(
+        self, pipeline: Any, model_attr_names: Iterable[str] | None = None
+    ) -> tuple[Any, dict[str, ray.ObjectRef]]:
+        """Deprecated (0.x): use ``ActorWrapper(pipeline)`` (``JITActorWrapper`` for TorchScript).
+
+        Store each model of ``pipeline``; return ``(skeleton, model_refs)`` for
+        :func:`load_pipeline_for_actors`.
+        """
+        self._warn("prepare_pipeline_for_actors", f"{self.actor_wrapper}(pipeline)", "ray_zerocopy.nn")
+        return self._store(pipeline, model_attr_names)
+
+    def load_pipeline_for_actors(
+        self,
+        pipeline_skeleton: Any,
+        model_refs: Mapping[str, Any],
+        device: Device = None,
+        use_fast_load: bool = False,
+    ) -> Any:
+        """Deprecated (0.x): use ``ActorWrapper.load()`` (``JITActorWrapper`` for TorchScript).
+
+        Rebuild, in this process, what :func:`prepare_pipeline_for_actors` stored.
+        """
+        self._warn("load_pipeline_for_actors", f"{self.actor_wrapper}(pipeline).load()", "ray_zerocopy.nn")
+        return self._load(pipeline_skeleton, model_refs, device=device, use_fast_load=use_fast_load)
+
+    def prepare_pipeline_for_tasks(
+        self, pipeline: Any, method_names: Sequence[str] | None = None, filter_private: bool = False
+    ) -> tuple[Any, ModelInfo]:
+        """Deprecated (0.x): use ``TaskWrapper(pipeline, method_names=...)`` (``JITTaskWrapper``).
+
+        Store each model; return ``(skeleton, model_info)`` for :func:`load_pipeline_for_tasks`.
+        ``method_names`` defaults to the task wrapper's; ``filter_private`` is accepted and
+        has no effect, as for :func:`prepare_pipeline`.
+        """
+        self._warn("prepare_pipeline_for_tasks", f"{self.task_wrapper}(pipeline)", "ray_zerocopy.nn")
+        task_class = self._wrapper_class(self.task_wrapper)
+        return self._prepare(pipeline, None, method_names or task_class.default_method_names)
+
+    def load_pipeline_for_tasks(self, pipeline_skeleton: Any, model_info: Mapping[str, tuple[Any, Any]]) -> Any:
+        """Deprecated (0.x): use ``TaskWrapper(pipeline).load()`` (``JITTaskWrapper`` for TorchScript).
+
+        The pipeline with each model replaced by a shim whose calls run as Ray tasks.
+        """
+        self._warn("load_pipeline_for_tasks", f"{self.task_wrapper}(pipeline).load()", "ray_zerocopy.nn")
+        methods: dict[str, None] = {}
+        for _, names in model_info.values():
+            methods.update(dict.fromkeys(sorted(names or ("__call__",))))
+        wrapper = self._wrapper_class(self.task_wrapper).deserialize(
+            skeleton=pipeline_skeleton,
+            model_refs={name: ref for name, (ref, _) in model_info.items()},
+            mode="task",
+            method_names=list(methods),
+        )
+        return wrapper.load()
+
+    def model_info_to_model_refs(self, model_info: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
+        """Deprecated (0.x): use ``wrapper.model_refs``. Attribute name to ObjectRef, from ``model_info``."""
+        self._warn("model_info_to_model_refs", "wrapper.model_refs", "ray_zerocopy.nn")
+        return {name: ref for name, (ref, _) in model_info.items()}
+
+    def extract_tensors(self, model: Any) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
+        """Deprecated (0.x): use ``ActorWrapper(model)`` (``JITActorWrapper`` for TorchScript).
+
+        Split ``model`` as its backend does: returns ``(model_bytes, tensors)``, the model
+        without its weights and its weights as ``uint8`` numpy arrays (views, no copy: one
+        per storage, tied weights once, every dtype), for :func:`replace_tensors`.
+        """
+        self._warn("extract_tensors", f"{self.actor_wrapper}(model)")
+        return self._extract("extract_tensors", model)
+
+    def extract_tensors_minimal(self, model: Any) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
+        """Deprecated (0.x): use ``JITActorWrapper(model)``. The same as :func:`extract_tensors`.
+
+        Skeletons never hold weights here, so there is no smaller one to make.
+        """
+        self._warn("extract_tensors_minimal", f"{self.actor_wrapper}(model)")
+        return self._extract("extract_tensors_minimal", model)
+
+    def _extract(self, function: str, model: Any) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
+        self._check_script_module(function, model)
+        payload = backend_for(model).extract(model)
+        table = payload.table
+        weightless = ModelPayload(
+            payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.nbytes)
+        )
+        tensors = OrderedDict((f"storage_{i}", buffer) for i, buffer in enumerate(table.storages))
+        return pickle.dumps(weightless), tensors
+
+    def replace_tensors(self, model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
+        """Deprecated (0.x): use ``ActorWrapper(model).load()`` (``JITActorWrapper`` for TorchScript).
+
+        Rebuild a model from :func:`extract_tensors`' two values; its weights alias ``tensors``.
+        """
+        self._warn("replace_tensors", f"{self.actor_wrapper}(model).load()")
+        return _rebuild_extracted(model_bytes, tensors)
 
 
-#: The eager functions (``ray_zerocopy``, ``ray_zerocopy.invoke``, ``ray_zerocopy.actor``).
+def _rebuild_extracted(model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
+    """The model :meth:`Family.extract_tensors` split, rebuilt by its backend."""
+    weightless: ModelPayload = pickle.loads(model_bytes)
+    table = weightless.table
+    payload = ModelPayload(
+        weightless.backend,
+        weightless.skeleton,
+        TensorTable(table.entries, tuple(tensors.values()), 0, table.nbytes),
+    )
+    return get_backend(payload.backend).rebuild(payload, LoadOptions())
+
+
+def _run_stored_model(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any] | None, method_name: str) -> Any:
+    """Task body of ``call_model``: rebuild the model Ray resolved (stored, or extract_tensors' pair) and call it."""
+    if isinstance(model, tuple):
+        loaded = _rebuild_extracted(*model)
+    else:
+        loaded = ActorWrapper.deserialize(skeleton=None, model_refs={BARE_MODEL: model}).load()
+    with torch.no_grad():
+        return getattr(loaded, method_name)(*args, **(kwargs or {}))
+
+
+@functools.cache
+def _stored_model_task() -> Any:
+    return ray.remote(_run_stored_model)
+
+
+class CallModelTask:
+    """0.x's ``call_model``, a Ray remote function: ``call_model.remote(model_ref, args, kwargs, method_name)``.
+
+    ``model_ref`` is what :func:`prepare_model_for_actors` (or ``wrapper.model_refs``)
+    gives, or ``ray.put(extract_tensors(model))``. Each ``.remote`` call warns once.
+    """
+
+    def __init__(self, family: Family, options: dict[str, Any] | None = None) -> None:
+        self._family = family
+        self._options = dict(options or {})
+
+    def options(self, **options: Any) -> CallModelTask:
+        """The same task with Ray options (``num_cpus``...), as for a remote function."""
+        return CallModelTask(self._family, {**self._options, **options})
+
+    def remote(
+        self,
+        model_ref: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        method_name: str = "__call__",
+    ) -> ray.ObjectRef:
+        """Submit the task; return the ObjectRef of the method's result."""
+        self._family._warn("call_model", f"{self._family.task_wrapper}(model)(...)", "ray_zerocopy.nn")
+        task = _stored_model_task()
+        if self._options:
+            task = task.options(**self._options)
+        return task.remote(model_ref, tuple(args), kwargs, method_name)
+
+
+#: The eager functions (``ray_zerocopy``, ``.invoke``, ``.actor`` and ``ray_zerocopy.nn``).
 EAGER = Family("ray_zerocopy", "TaskWrapper", "ActorWrapper", jit=False)
 #: The TorchScript functions (``ray_zerocopy.jit``, ``.jit.invoke``, ``.jit.actor``).
 JIT = Family("ray_zerocopy.jit", "JITTaskWrapper", "JITActorWrapper", jit=True)
 
-# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor.
+# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor (the seed's functions).
 rewrite_pipeline = EAGER.rewrite_pipeline
 prepare_model_for_actors = EAGER.prepare_model_for_actors
 load_model_in_actor = EAGER.load_model_in_actor
 rewrite_pipeline_for_actors = EAGER.rewrite_pipeline_for_actors
 load_pipeline_in_actor = EAGER.load_pipeline_in_actor
+
+# Eager models, 0.x's ray_zerocopy.nn (rewrite_pipeline is the one above).
+prepare_pipeline = EAGER.prepare_pipeline
+load_pipeline_for_actors = EAGER.load_pipeline_for_actors
+load_pipeline_for_tasks = EAGER.load_pipeline_for_tasks
+model_info_to_model_refs = EAGER.model_info_to_model_refs
 
 # TorchScript models: ray_zerocopy.jit, ray_zerocopy.jit.invoke and ray_zerocopy.jit.actor
 # import these under the names without ``jit_``.
@@ -171,19 +395,42 @@ prepare_jit_model_for_actors = JIT.prepare_model_for_actors
 load_jit_model_in_actor = JIT.load_model_in_actor
 jit_rewrite_pipeline_for_actors = JIT.rewrite_pipeline_for_actors
 jit_load_pipeline_in_actor = JIT.load_pipeline_in_actor
+jit_prepare_pipeline_for_actors = JIT.prepare_pipeline_for_actors
+jit_load_pipeline_for_actors = JIT.load_pipeline_for_actors
+jit_prepare_pipeline_for_tasks = JIT.prepare_pipeline_for_tasks
+jit_load_pipeline_for_tasks = JIT.load_pipeline_for_tasks
+jit_model_info_to_model_refs = JIT.model_info_to_model_refs
+jit_call_model = CallModelTask(JIT)
+jit_extract_tensors = JIT.extract_tensors
+jit_extract_tensors_minimal = JIT.extract_tensors_minimal
+jit_replace_tensors = JIT.replace_tensors
 
 __all__ = [
     "EAGER",
     "JIT",
+    "CallModelTask",
     "Family",
+    "jit_call_model",
+    "jit_extract_tensors",
+    "jit_extract_tensors_minimal",
+    "jit_load_pipeline_for_actors",
+    "jit_load_pipeline_for_tasks",
     "jit_load_pipeline_in_actor",
+    "jit_model_info_to_model_refs",
+    "jit_prepare_pipeline_for_actors",
+    "jit_prepare_pipeline_for_tasks",
+    "jit_replace_tensors",
     "jit_rewrite_pipeline",
     "jit_rewrite_pipeline_for_actors",
     "load_jit_model_in_actor",
     "load_model_in_actor",
+    "load_pipeline_for_actors",
+    "load_pipeline_for_tasks",
     "load_pipeline_in_actor",
+    "model_info_to_model_refs",
     "prepare_jit_model_for_actors",
     "prepare_model_for_actors",
+    "prepare_pipeline",
     "rewrite_pipeline",
     "rewrite_pipeline_for_actors",
 ]
