@@ -404,6 +404,7 @@ def test_sharing_a_checkpoint_makes_no_private_copy_and_the_node_holds_it_once(
     assert in_store + cached <= 1.1 * stored, f"store +{in_store / MIB:.0f} MiB, file cache {cached / MIB:.0f} MiB"
     assert torch.equal(ray.get(sharer.last_weight_rows.remote()), expected_rows)
     ray.kill(sharer)
+    assert wait_for_store_at_most(before + MIB) <= before + MIB, "the stored model outlived its owner"
 
 
 def test_publishing_a_checkpoint_never_stores_a_second_copy(tmp_path: Path, published: list[str]) -> None:
