@@ -39,9 +39,10 @@ from typing import Any
 import ray
 import torch
 
-from benchkit.memory import object_store_bytes_used, private_bytes, trim_heap
+from benchkit.memory import object_store_bytes_used, private_bytes
 from benchkit.methods import METHODS
 from benchkit.models import ModelSpec, build_model, make_input, spec_weight_bytes
+from ray_zerocopy_core.process_memory import trim_heap
 
 
 class SeededModel:
