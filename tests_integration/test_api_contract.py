@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import script
+from not_installed import not_installed
 from torch import nn
 
 import ray_zerocopy
@@ -105,7 +107,14 @@ def _calls() -> dict[str, tuple[Callable[[], Any], type[BaseException]]]:
         "registering a non-backend": (lambda: ray_zerocopy.register_backend(object()), TypeError),  # type: ignore[arg-type]
         "released wrapper": (lambda: released.load(), RuntimeError),
         "unknown published name": (lambda: ray_zerocopy.load_published("no-such-model-here"), LookupError),
+        "backend package not installed": (_wrap_a_script_module_without_the_jit_package, ImportError),
     }
+
+
+def _wrap_a_script_module_without_the_jit_package() -> None:
+    scripted = script(nn.Linear(2, 2))
+    with not_installed("ray_zerocopy_jit"):
+        ActorWrapper(scripted)
 
 
 def test_every_error_raised_on_purpose_is_a_zerocopy_error_and_the_builtin_a_caller_catches() -> None:
@@ -127,11 +136,6 @@ def test_every_error_class_derives_from_zerocopy_error_and_a_builtin() -> None:
         if isinstance(cls, type) and issubclass(cls, Exception) and cls is not ZeroCopyError:
             assert issubclass(cls, ZeroCopyError), name
             assert any(issubclass(cls, builtin) for builtin in BUILTINS), name
-
-
-def test_missing_jit_package_error_is_in_the_family() -> None:
-    assert issubclass(ray_zerocopy.BackendNotInstalledError, ImportError)
-    assert issubclass(ray_zerocopy.BackendNotInstalledError, ZeroCopyError)
 
 
 # --- versioned payloads ----------------------------------------------------------------

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import ray
 import torch
+from environment import require
 from not_installed import not_installed
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, aliases_object_store
 from ray_zerocopy_core.errors import BackendNotInstalledError
-from ray_zerocopy_core.registry import KNOWN_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
 
@@ -232,7 +232,7 @@ def test_writable_load_is_a_private_copy() -> None:
 
 
 def _hf_llama() -> tuple[nn.Module, ExportedProgram, torch.Tensor]:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "a Hugging Face Llama exported")
     config = transformers.LlamaConfig(
         vocab_size=128,
         hidden_size=64,
@@ -278,9 +278,6 @@ def without_export() -> Iterator[None]:
         yield
 
 
-@pytest.mark.skipif(
-    "export" not in KNOWN_BACKENDS, reason="core's registry does not list the export backend as a known backend yet"
-)
 def test_without_the_package_wrapping_names_the_install(without_export: None) -> None:
     program = export_tower()
     with pytest.raises(BackendNotInstalledError, match=r"pip install 'ray-zerocopy\[export\]'"):

@@ -9,16 +9,16 @@ other worker, a freshly started one, and the stored object keep the original val
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
-import warnings
 from typing import Any
 
 import numpy as np
 import pytest
 import ray
 import torch
+from environment import require
+from models import script
+from scripts import run_driver
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
@@ -29,39 +29,21 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 WRITE_KINDS = ("add_", "copy_", "optimizer_step", "load_state_dict")
 
 
-def _jit_skip_reason() -> str | None:
-    """Why the jit variants cannot run yet (the jit backend still raises), or None."""
-    try:
-        from ray_zerocopy_core.registry import get_backend
-
-        get_backend("jit").extract(_script(_small_model()))
-    except NotImplementedError as exc:
-        return f"the jit backend is not implemented yet ({exc})"
-    except Exception as exc:
-        return f"the jit backend is unavailable ({type(exc).__name__}: {exc})"
-    return None
-
-
 def _small_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
 
 
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    # torch deprecates TorchScript and warns on torch.jit.script; the test means to use it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return torch.jit.script(model)
-
-
-_JIT_SKIP = _jit_skip_reason()
-BACKENDS = ["nn", pytest.param("jit", marks=pytest.mark.skipif(_JIT_SKIP is not None, reason=str(_JIT_SKIP)))]
+BACKENDS = ["nn", "jit"]
 
 
 def make_model(backend: str) -> nn.Module:
-    """The same small model, eager or scripted."""
+    """The same small model, eager or scripted (the jit variants skip only without the jit package)."""
     model = _small_model()
-    return _script(model) if backend == "jit" else model
+    if backend == "jit":
+        require("ray_zerocopy_jit", "the TorchScript backend")
+        return script(model)
+    return model
 
 
 def snapshot(model: Any) -> dict[str, torch.Tensor]:
@@ -165,7 +147,21 @@ _DRIVER_SCRIPT = textwrap.dedent(
     from torch import nn
     from ray_zerocopy import ActorWrapper
 
-    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=True)
+    class Recorded:
+        \"\"\"This driver's stderr, also kept as text: Ray prints the workers' log lines to it.\"\"\"
+
+        def __init__(self, stream):
+            self.stream, self.text = stream, []
+
+        def write(self, text):
+            self.text.append(text)
+            return self.stream.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    sys.stderr = Recorded(sys.stderr)
+    ray.init(logging_level="ERROR", log_to_driver=True)  # RAY_ADDRESS names the test's cluster
 
     @ray.remote(num_cpus=0.1)
     class Writer:
@@ -182,7 +178,9 @@ _DRIVER_SCRIPT = textwrap.dedent(
         print("WRITE SUCCEEDED")
     except ray.exceptions.ActorDiedError:
         print("WRITER DIED")
-    time.sleep(5)  # let the worker's log lines reach this driver
+    deadline = time.monotonic() + 120  # the worker's log lines reach this driver asynchronously
+    while "wrote in place to a model weight" not in "".join(sys.stderr.text) and time.monotonic() < deadline:
+        time.sleep(0.1)
     """
 )
 
@@ -191,12 +189,8 @@ def test_fault_message_reaches_the_driver_log(tmp_path: Any) -> None:
     """A second driver on the same cluster sees the worker's explanation on its stderr."""
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER_SCRIPT)
-    gcs_address = ray.get_runtime_context().gcs_address
-    done = subprocess.run(
-        [sys.executable, str(script), gcs_address], capture_output=True, text=True, timeout=240, check=False
-    )
-    assert "WRITER DIED" in done.stdout, done.stdout + done.stderr
-    log = done.stdout + done.stderr
+    log = run_driver(script, timeout=240, label="a driver whose actor writes")  # stdout and stderr
+    assert "WRITER DIED" in log, log[-4000:]
     assert "wrote in place to a model weight" in log, log[-4000:]
     assert "load(writable=True)" in log
 
