@@ -119,7 +119,7 @@ def trained_tower(dim: int = 32, dtype: torch.dtype = torch.float32) -> Tower:
     return model.eval()
 
 
-@ray.remote(num_cpus=0.25)
+@ray.remote(num_cpus=0.1)
 class Loaded:
     """Loads the wrapper it is given in ``__init__`` (``load(**options)``), as users do.
 
@@ -135,10 +135,22 @@ class Loaded:
         with torch.no_grad():
             return self.model(*args, **kwargs)
 
-    def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(model, *args)``, run in this actor."""
-        return fn(self.model, *args)
+    def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(model, *args, **kwargs)``, run in this actor."""
+        return fn(self.model, *args, **kwargs)
 
     def drop(self) -> None:
         """Let go of the model."""
         self.model = None
+
+
+def in_object_store(model: Any) -> bool:
+    """Whether every tensor of ``model``'s state dict lies in the object store (for ``Loaded.apply``)."""
+    from ray_zerocopy_core.inspection import aliases_object_store
+
+    return all(aliases_object_store(t) for t in model.state_dict().values())
+
+
+def process_id(model: Any) -> int:
+    """The pid of the process holding ``model`` (for ``Loaded.apply``)."""
+    return os.getpid()

@@ -63,7 +63,9 @@ def test_constructor_kwargs_carry_every_load_option() -> None:
     kwargs = wrapper.constructor_kwargs
     assert kwargs["writable"] and kwargs["prefault"] and kwargs["use_fast_load"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"load_pipeline_in_actor\(\) is deprecated", category=DeprecationWarning
+        )
         pipeline = ray_zerocopy.load_pipeline_in_actor(**kwargs)
     pipeline.enc.weight.add_(1)  # writable=True travelled: a private copy takes the write
     assert not torch.equal(pipeline.enc.weight, EncoderDecoder().enc.weight)

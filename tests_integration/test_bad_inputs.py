@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import script
 from not_installed import not_installed
 from torch import nn
 
@@ -186,9 +187,7 @@ def test_load_model_in_actor_given_something_else() -> None:
 
 
 def scripted() -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch deprecates TorchScript
-        return torch.jit.script(small())
+    return script(small())
 
 
 def test_script_module_with_jit_package_unimportable() -> None:

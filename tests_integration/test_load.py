@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
+from models import MIB
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
@@ -23,8 +24,6 @@ from ray_zerocopy_core.inspection import aliases_object_store
 from ray_zerocopy_core.inspection import private_memory_bytes as private_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-MIB = 1024**2
 
 
 class Probed(nn.Module):

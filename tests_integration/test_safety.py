@@ -17,7 +17,7 @@ import pytest
 import ray
 import torch
 from environment import require
-from models import script
+from models import Loaded, in_object_store, script
 from scripts import run_driver
 from torch import nn
 
@@ -78,22 +78,10 @@ def write_in_place(model: Any, kind: str) -> None:
         raise ValueError(kind)
 
 
-@ray.remote(num_cpus=0.1)
-class Holder:
-    """An actor that loads the wrapper in ``__init__``, as users do."""
-
-    def __init__(self, wrapper: ActorWrapper, writable: bool = False) -> None:
-        self.model = wrapper.load(writable=writable)
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return snapshot(self.model)
-
-    def aliases_store(self) -> bool:
-        return all(aliases_object_store(t) for t in self.model.state_dict().values())
-
-    def write(self, kind: str) -> str:
-        write_in_place(self.model, kind)
-        return "wrote"
+def write(model: Any, kind: str) -> str:
+    """:func:`write_in_place`, then say so (run in an actor through ``Loaded.apply``)."""
+    write_in_place(model, kind)
+    return "wrote"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -102,15 +90,15 @@ def test_write_to_shared_weights_stops_the_writer_only(backend: str, kind: str) 
     model = make_model(backend)
     original = snapshot(model)
     wrapper = ActorWrapper(model)
-    writer, bystander = Holder.remote(wrapper), Holder.remote(wrapper)
-    assert ray.get([writer.aliases_store.remote(), bystander.aliases_store.remote()]) == [True, True]
+    writer, bystander = Loaded.remote(wrapper), Loaded.remote(wrapper)
+    assert ray.get([writer.apply.remote(in_object_store), bystander.apply.remote(in_object_store)]) == [True, True]
 
     with pytest.raises(ray.exceptions.ActorDiedError):
-        ray.get(writer.write.remote(kind), timeout=120)
+        ray.get(writer.apply.remote(write, kind), timeout=120)
 
-    assert_same(ray.get(bystander.weights.remote(), timeout=120), original)
-    fresh = Holder.remote(wrapper)
-    assert_same(ray.get(fresh.weights.remote(), timeout=120), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot), timeout=120), original)
+    fresh = Loaded.remote(wrapper)
+    assert_same(ray.get(fresh.apply.remote(snapshot), timeout=120), original)
     # A private copy reads the stored bytes as they are now: unchanged.
     assert_same(snapshot(wrapper.load(writable=True)), original)
     for actor in (bystander, fresh):
@@ -122,22 +110,25 @@ def test_writable_load_is_a_private_copy(backend: str) -> None:
     model = make_model(backend)
     original = snapshot(model)
     wrapper = ActorWrapper(model)
-    editor, bystander = Holder.remote(wrapper, writable=True), Holder.remote(wrapper)
+    editor, bystander = Loaded.remote(wrapper, writable=True), Loaded.remote(wrapper)
 
-    assert ray.get(editor.aliases_store.remote()) is False
+    assert ray.get(editor.apply.remote(in_object_store)) is False
     for kind in WRITE_KINDS:
-        assert ray.get(editor.write.remote(kind), timeout=120) == "wrote"
-    edited = ray.get(editor.weights.remote())
+        assert ray.get(editor.apply.remote(write, kind), timeout=120) == "wrote"
+    edited = ray.get(editor.apply.remote(snapshot))
     assert any(not torch.equal(edited[name], original[name]) for name in original)
 
-    assert_same(ray.get(bystander.weights.remote()), original)
-    assert_same(ray.get(Holder.remote(wrapper).weights.remote()), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot)), original)
+    fresh = Loaded.remote(wrapper)
+    assert_same(ray.get(fresh.apply.remote(snapshot)), original)
     assert_same(snapshot(wrapper.load(writable=True)), original)
 
     # The wrapper-level option gives the same private copy.
     private = ActorWrapper(model, writable=True).load()
     write_in_place(private, "add_")
-    assert_same(ray.get(bystander.weights.remote()), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot)), original)
+    for actor in (editor, bystander, fresh):
+        ray.kill(actor)
 
 
 _DRIVER_SCRIPT = textwrap.dedent(

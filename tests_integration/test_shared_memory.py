@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import Loaded
 from scripts import run_driver
 from torch import nn
 
@@ -54,13 +55,8 @@ class TwoLoads:
         return "wrote"
 
 
-@ray.remote(num_cpus=0.1)
-class Reader:
-    def __init__(self, wrapper: ActorWrapper) -> None:
-        self.model = wrapper.load()
-
-    def weight(self) -> torch.Tensor:
-        return first_weight(self.model).clone()
+def first_weight_copy(model: nn.Module) -> torch.Tensor:
+    return first_weight(model).detach().clone()
 
 
 @pytest.mark.parametrize("second_options", [{}, {"prefault": True}, {"use_fast_load": True}])
@@ -68,12 +64,12 @@ def test_dropping_one_of_two_loads_keeps_the_other_read_only(second_options: dic
     model = small_model()
     original = first_weight(model).detach().clone()
     wrapper = ActorWrapper(model)
-    holder, reader = TwoLoads.remote(wrapper, second_options), Reader.remote(wrapper)
+    holder, reader = TwoLoads.remote(wrapper, second_options), Loaded.remote(wrapper)
     assert ray.get(holder.drop_first.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(holder.write_through_second.remote(), timeout=60)
-    assert torch.equal(ray.get(reader.weight.remote()), original)
-    assert torch.equal(ray.get(Reader.remote(wrapper).weight.remote()), original)
+    assert torch.equal(ray.get(reader.apply.remote(first_weight_copy)), original)
+    assert torch.equal(ray.get(Loaded.remote(wrapper).apply.remote(first_weight_copy)), original)
     ray.kill(reader)
 
 
@@ -123,12 +119,12 @@ class ThreadedWriter:
 
     def write(self) -> str:
         with torch.no_grad():
-            self.model.weight.mul_(2)  # 256 MiB: split across torch's intra-op threads
+            self.model.weight.mul_(2)  # 64 MiB: split across torch's intra-op threads
         return "wrote"
 
 
 def test_a_write_from_torch_worker_threads_ends_the_writer_within_seconds() -> None:
-    model = nn.Linear(8192, 8192, bias=False)  # 256 MiB
+    model = nn.Linear(4096, 4096, bias=False)  # 64 MiB
     original_row = model.weight[0].detach().clone()
     wrapper = ActorWrapper(model)
     writer = ThreadedWriter.remote(wrapper)
