@@ -19,7 +19,7 @@ import ray
 import scripts
 import torch
 from environment import require, wait_until
-from models import MIB
+from models import MIB, script
 from object_store import store_bytes_used, wait_for_store
 from torch import nn
 
@@ -319,7 +319,7 @@ class TwoModels:
     def __init__(self) -> None:
         torch.manual_seed(11)
         self.encoder = nn.Linear(64, 32)
-        self.decoder = torch.jit.script(nn.Linear(32, 8))
+        self.decoder = script(nn.Linear(32, 8))
         self.scale = 2.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
