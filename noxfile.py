@@ -45,8 +45,13 @@ def install_project(session: nox.Session, *, torch: str = TORCH, ray: str | None
 
 
 def run_pytest(session: nox.Session, *paths: str) -> None:
-    """Run pytest on ``paths`` (or on what the command line after ``--`` names)."""
-    session.run("pytest", *(session.posargs or paths), env={"PYTHONUNBUFFERED": "1"})
+    """Run pytest on ``paths`` (or on what the command line after ``--`` names).
+
+    ``RAY_ZEROCOPY_REQUIRE_ALL=1``: a session installs every package its tests use, so a
+    test that would skip for a missing one fails instead.
+    """
+    env = {"PYTHONUNBUFFERED": "1", "RAY_ZEROCOPY_REQUIRE_ALL": "1"}
+    session.run("pytest", *(session.posargs or paths), env=env)
 
 
 @nox.session

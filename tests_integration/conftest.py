@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from environment import local_ray
 
 HERE = Path(__file__).parent
 
@@ -29,19 +29,9 @@ expose_tests_to_workers()
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A local Ray with 2 CPUs and a 2 GiB object store, for one test module."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        address="local",  # always a private cluster, never one started elsewhere on the machine
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=2 * 1024**3,
-        logging_level="ERROR",
-        log_to_driver=True,
-    )
-    yield
-    ray.shutdown()
+    """A private local Ray with 2 CPUs and a 2 GiB object store, for one test module."""
+    with local_ray(object_store_memory=2 * 1024**3, log_to_driver=True):
+        yield
 
 
 @pytest.fixture

@@ -28,16 +28,26 @@ class _Refuse(MetaPathFinder):
         return None
 
 
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
 @contextmanager
-def not_installed(package: str, *, declared: bool = False) -> Iterator[None]:
+def not_installed(package: str, *, declared: bool = False, importers: tuple[str, ...] = ()) -> Iterator[None]:
     """Inside the block, ``package`` cannot be imported and its backend entry point is gone.
 
     ``declared=True`` keeps the entry point, as for a plugin that is installed but fails
-    to import. Modules, entry points and the backend registry are restored afterwards.
+    to import. ``importers`` are modules already imported that import ``package``
+    (``ray_zerocopy.jit``): they are forgotten too, so importing them again meets the
+    block. Modules, entry points and the backend registry are restored afterwards.
     """
     with pytest.MonkeyPatch.context() as patch:
-        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        for name in [m for m in sys.modules if any(_in(m, p) for p in (package, *importers))]:
             patch.delitem(sys.modules, name)
+        for importer in importers:
+            parent, _, child = importer.rpartition(".")
+            if parent in sys.modules:
+                patch.delattr(sys.modules[parent], child, raising=False)
         patch.setattr(sys, "meta_path", [_Refuse(package), *sys.meta_path])
         if not declared:
             real_entry_points = metadata.entry_points

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import script
+from not_installed import not_installed
 from torch import nn
 
 import ray_zerocopy
@@ -62,7 +64,9 @@ def test_constructor_kwargs_carry_every_load_option() -> None:
     kwargs = wrapper.constructor_kwargs
     assert kwargs["writable"] and kwargs["prefault"] and kwargs["use_fast_load"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"load_pipeline_in_actor\(\) is deprecated", category=DeprecationWarning
+        )
         pipeline = ray_zerocopy.load_pipeline_in_actor(**kwargs)
     pipeline.enc.weight.add_(1)  # writable=True travelled: a private copy takes the write
     assert not torch.equal(pipeline.enc.weight, EncoderDecoder().enc.weight)
@@ -110,7 +114,14 @@ def _calls() -> dict[str, tuple[Callable[[], Any], type[BaseException]]]:
         "empty published name": (lambda: ray_zerocopy.publish(" ", nn.Linear(2, 2)), ValueError),
         "loader that is not callable": (lambda: ray_zerocopy.get_or_publish("x", 42), TypeError),  # type: ignore[arg-type]
         "loader that cannot be pickled": (lambda: ray_zerocopy.get_or_publish("x", lambda: unpicklable), TypeError),
+        "backend package not installed": (_wrap_a_script_module_without_the_jit_package, ImportError),
     }
+
+
+def _wrap_a_script_module_without_the_jit_package() -> None:
+    scripted = script(nn.Linear(2, 2))
+    with not_installed("ray_zerocopy_jit"):
+        ActorWrapper(scripted)
 
 
 def test_every_error_raised_on_purpose_is_a_zerocopy_error_and_the_builtin_a_caller_catches() -> None:
@@ -132,11 +143,6 @@ def test_every_error_class_derives_from_zerocopy_error_and_a_builtin() -> None:
         if isinstance(cls, type) and issubclass(cls, Exception) and cls is not ZeroCopyError:
             assert issubclass(cls, ZeroCopyError), name
             assert any(issubclass(cls, builtin) for builtin in BUILTINS), name
-
-
-def test_missing_jit_package_error_is_in_the_family() -> None:
-    assert issubclass(ray_zerocopy.BackendNotInstalledError, ImportError)
-    assert issubclass(ray_zerocopy.BackendNotInstalledError, ZeroCopyError)
 
 
 # --- versioned payloads ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import script
 from not_installed import not_installed
 from torch import nn
 
@@ -152,10 +153,11 @@ def test_unknown_method_name_in_task_mode() -> None:
         wrapper.encode(torch.ones(4))
 
 
-def test_method_names_naming_a_method_no_model_has() -> None:
-    # Caught when wrapping, not as a RayTaskError from the first remote call.
-    with pytest.raises(PipelineError, match=r"'encode'.*no model \(Linear\).*method_names=\["):
-        TaskWrapper(small(), method_names=["__call__", "encode"])
+def test_method_names_naming_a_method_no_model_has_warn_and_are_ignored() -> None:
+    # ray-zerocopy 0.x ignored such names: they warn once, when wrapping, and __call__ still works.
+    with pytest.warns(UserWarning, match=r"'decode_bad_input'.*no model \(Linear\).*ignored"):
+        wrapper = TaskWrapper(small(), method_names=["__call__", "decode_bad_input"])
+    assert wrapper.method_names == ("__call__",)
 
 
 def test_actor_mode_wrapper_called_like_a_task_wrapper() -> None:
@@ -186,9 +188,7 @@ def test_load_model_in_actor_given_something_else() -> None:
 
 
 def scripted() -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch deprecates TorchScript
-        return torch.jit.script(small())
+    return script(small())
 
 
 def test_script_module_with_jit_package_unimportable() -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 import ray
 import torch
+from environment import local_ray
+from models import MIB, Loaded
 from object_store import store_bytes_used, store_stats, wait_for_store_at_most
 from torch import nn
 
@@ -24,7 +26,6 @@ from ray_zerocopy import (
     WrapperReleasedError,
 )
 
-MIB = 1024**2
 GIB = 1024**3
 STORE = 128 * MIB
 
@@ -32,11 +33,8 @@ STORE = 128 * MIB
 @pytest.fixture(scope="module", autouse=True)
 def ray_small_store() -> Iterator[None]:
     """A local Ray whose object store holds 128 MiB, for this module only."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=STORE, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with local_ray(object_store_memory=STORE):
+        yield
 
 
 class Blob(nn.Module):
@@ -118,24 +116,15 @@ def test_release_frees_the_store_and_later_use_says_so(mode: str) -> None:
     assert "models=[]" in repr(wrapper)
 
 
-@ray.remote(num_cpus=0.1)
-class Holder:
-    def __init__(self, wrapper: ActorWrapper) -> None:
-        self.model = wrapper.load()
-
-    def digest(self) -> str:
-        return digest(self.model)
-
-
 def test_release_leaves_actors_that_loaded_working() -> None:
     """release() drops the wrapper's references; a loaded actor keeps the object alive."""
     model = Blob(16, seed=3)
     wrapper = ActorWrapper(model)
-    holder = Holder.remote(wrapper)
-    assert ray.get(holder.digest.remote(), timeout=120) == digest(model)
+    holder = Loaded.remote(wrapper)
+    assert ray.get(holder.apply.remote(digest), timeout=120) == digest(model)
     baseline = store_bytes_used()
     wrapper.release()
-    assert ray.get(holder.digest.remote(), timeout=120) == digest(model)
+    assert ray.get(holder.apply.remote(digest), timeout=120) == digest(model)
     ray.kill(holder)
     assert wait_for_store_at_most(baseline - 16 * MIB) <= baseline - 16 * MIB
 

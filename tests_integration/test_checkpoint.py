@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import environment
 import pytest
 import ray
 import scripts
@@ -40,7 +41,7 @@ from ray_zerocopy import (
 from ray_zerocopy_core.inspection import cached_file_bytes
 from ray_zerocopy_core.process_memory import anonymous_memory_bytes
 
-transformers = pytest.importorskip("transformers")
+transformers = environment.require("transformers", "real architectures saved with save_pretrained")
 transformers.logging.set_verbosity_error()
 
 MIB = 1024**2

@@ -7,7 +7,7 @@ own private Ray (``RAY_ADDRESS=local``), so later blocks may use names defined b
 earlier ones, as a reader following the page would. Unmarked blocks are illustrations
 (they may use placeholders like ``MyPipeline``) and are only checked to be valid Python.
 
-The last test checks that every public class and function of the three packages has a
+The last tests check that every public class and function of our packages has a
 docstring, since the API reference is generated from them.
 """
 
@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 import pytest
+from environment import require
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,8 @@ DOCS = ROOT / "docs"
 RUN_MARKER = "<!-- run -->"
 TIMEOUT_S = 300
 FENCE = re.compile(r"^(?P<marker><!-- run -->\n)?```python\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+#: The backend distributions' packages, documented in the API reference like core.
+BACKEND_PACKAGES = ("ray_zerocopy_jit", "ray_zerocopy_export")
 #: Every page of the site, including those written by other engineers (checked for valid Python only).
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
 
@@ -66,9 +69,9 @@ def test_runnable_blocks_run(page: Path, tmp_path: Path) -> None:
 
 
 def public_objects() -> list[tuple[str, object]]:
-    """Every public class, function, method and property defined in the three packages."""
+    """Every public class, function, method and property defined in our packages."""
     found = []
-    for package in ("ray_zerocopy", "ray_zerocopy_core", "ray_zerocopy_jit"):
+    for package in ("ray_zerocopy", "ray_zerocopy_core", *BACKEND_PACKAGES):
         root = importlib.import_module(package)
         modules = [package, *(m.name for m in pkgutil.walk_packages(root.__path__, package + "."))]
         for module_name in modules:
@@ -91,7 +94,8 @@ def public_objects() -> list[tuple[str, object]]:
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    pytest.importorskip("ray_zerocopy_jit")
+    for package in BACKEND_PACKAGES:
+        require(package, "its public names are in the API reference")
     missing = [name for name, obj in public_objects() if not (inspect.getdoc(obj) or "").strip()]
     assert not missing, f"public names without a docstring (the API reference needs one): {missing}"
 

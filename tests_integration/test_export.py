@@ -8,66 +8,30 @@ bit for bit with the program run in the driver.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import ray
 import torch
+from environment import require
+from models import VOCAB, Loaded, script, tokens, trained_tower
 from not_installed import not_installed
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, aliases_object_store
 from ray_zerocopy_core.errors import BackendNotInstalledError
-from ray_zerocopy_core.registry import KNOWN_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
 
-VOCAB = 64
 EXPORT_HINT = "pip install 'ray-zerocopy[export]'"
-
-
-class Tower(nn.Module):
-    """Tied embedding/head, BatchNorm buffers, a non-persistent buffer and a lifted constant."""
-
-    def __init__(self, dim: int = 32, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, dim, dtype=dtype)
-        self.proj = nn.Linear(dim, dim, dtype=dtype)
-        self.norm = nn.BatchNorm1d(dim, dtype=dtype)
-        self.head = nn.Linear(dim, VOCAB, bias=False, dtype=dtype)
-        self.head.weight = self.embed.weight
-        self.register_buffer("offset", torch.linspace(-1, 1, dim, dtype=dtype), persistent=False)
-        self.scale = torch.linspace(0.5, 1.5, dim, dtype=dtype)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.norm(self.proj(self.embed(tokens).mean(dim=1))) * self.scale + self.offset
-        return self.head(torch.relu(hidden))
-
-
-def tokens(batch: int = 4, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, 9), generator=torch.Generator().manual_seed(seed))
-
-
 X = tokens()
 
 
 def export_tower(dtype: torch.dtype = torch.float32, dim: int = 32) -> ExportedProgram:
-    """A trained-looking Tower, exported with a dynamic batch dimension."""
-    torch.manual_seed(0)
-    model = Tower(dim, dtype)
-    with torch.no_grad():
-        model(tokens(32, seed=7))  # non-trivial BatchNorm statistics
-    model.eval()
-    return torch.export.export(model, (X,), dynamic_shapes=({0: Dim("batch", min=1, max=512)},))
-
-
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return torch.jit.script(model)
+    """The trained Tower, exported with a dynamic batch dimension."""
+    return torch.export.export(trained_tower(dim, dtype), (X,), dynamic_shapes=({0: Dim("batch", min=1, max=512)},))
 
 
 class MixedPipeline:
@@ -76,7 +40,7 @@ class MixedPipeline:
     def __init__(self) -> None:
         torch.manual_seed(3)
         self.embed = nn.Embedding(VOCAB, 16).eval()
-        self.block = _script(nn.Sequential(nn.Linear(16, 16), nn.Tanh()).eval())
+        self.block = script(nn.Sequential(nn.Linear(16, 16), nn.Tanh()).eval())
         head = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval()
         self.head = torch.export.export(head, (torch.zeros(4, 16),), dynamic_shapes=({0: Dim("rows")},))
         self.temperature = 2.0
@@ -106,33 +70,27 @@ def inspect_program(program: Any) -> dict[str, Any]:
     }
 
 
-@ray.remote(num_cpus=0.25)
-class Worker:
-    """Loads what it is given in ``__init__``, as users do."""
+def inspect_part(pipeline: Any, attr: str) -> dict[str, Any]:
+    """:func:`inspect_program` of one model of a pipeline."""
+    return inspect_program(getattr(pipeline, attr))
 
-    def __init__(self, wrapper: Any, **load_kwargs: Any) -> None:
-        self.model = wrapper.load(**load_kwargs)
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the loaded program through ``module()``, as in the driver."""
-        with torch.no_grad():
-            return self.model.module()(*args, **kwargs)
+def run_module(program: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a loaded program through ``module()``, as in the driver."""
+    with torch.no_grad():
+        return program.module()(*args, **kwargs)
 
-    def call(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the loaded object itself (a pipeline, or the program's cached module)."""
-        with torch.no_grad():
-            return self.model(*args, **kwargs)
 
-    def inspect(self, attr: str | None = None) -> dict[str, Any]:
-        return inspect_program(getattr(self.model, attr) if attr else self.model)
+def weights(program: Any) -> dict[str, torch.Tensor]:
+    """Private copies of a loaded program's weights, by name."""
+    return {name: t.detach().clone() for name, t in program.state_dict.items()}
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().clone() for name, t in self.model.state_dict.items()}
 
-    def write(self) -> str:
-        with torch.no_grad():
-            self.model.state_dict["proj.weight"].add_(1)
-        return "wrote"
+def write(program: Any) -> str:
+    """Add 1 to ``proj.weight`` in place."""
+    with torch.no_grad():
+        program.state_dict["proj.weight"].add_(1)
+    return "wrote"
 
 
 def kill(*actors: Any) -> None:
@@ -143,26 +101,26 @@ def kill(*actors: Any) -> None:
 def test_actor_mode_is_zero_copy_exact_and_dynamic() -> None:
     program = export_tower()
     wrapper = ActorWrapper(program)
-    workers = [Worker.remote(wrapper) for _ in range(2)]
-    for info in ray.get([w.inspect.remote() for w in workers]):
+    workers = [Loaded.remote(wrapper) for _ in range(2)]
+    for info in ray.get([w.apply.remote(inspect_program) for w in workers]):
         assert info["is_program"] and info["all_alias_store"] and info["module_alias_store"]
         assert info["tied"] and not info["any_requires_grad"] and info["n_tensors"] >= 9
     expected = program.module()(X)
     for worker in workers:
-        assert torch.equal(ray.get(worker.run.remote(X)), expected)
+        assert torch.equal(ray.get(worker.apply.remote(run_module, X)), expected)
         assert torch.equal(ray.get(worker.call.remote(X)), expected)
     for batch in (1, 17):  # a batch size the program was not traced with
         ids = tokens(batch, seed=batch)
-        assert torch.equal(ray.get(workers[0].run.remote(ids)), program.module()(ids))
+        assert torch.equal(ray.get(workers[0].apply.remote(run_module, ids)), program.module()(ids))
     kill(*workers)
 
 
 def test_model_wrapper_actor_mode_returns_an_exported_program() -> None:
     program = export_tower()
     wrapper = ModelWrapper.from_model(program, mode="actor")
-    worker = Worker.remote(wrapper)
-    assert ray.get(worker.inspect.remote())["is_program"]
-    assert torch.equal(ray.get(worker.run.remote(X)), program.module()(X))
+    worker = Loaded.remote(wrapper)
+    assert ray.get(worker.apply.remote(inspect_program))["is_program"]
+    assert torch.equal(ray.get(worker.apply.remote(run_module, X)), program.module()(X))
     kill(worker)
 
 
@@ -180,8 +138,8 @@ def test_mixed_pipeline_actor_mode() -> None:
     pipeline = MixedPipeline()
     wrapper = ActorWrapper(pipeline)
     assert sorted(wrapper.model_names) == ["block", "embed", "head"]
-    worker = Worker.remote(wrapper)
-    head = ray.get(worker.inspect.remote("head"))
+    worker = Loaded.remote(wrapper)
+    head = ray.get(worker.apply.remote(inspect_part, "head"))
     assert head["is_program"] and head["all_alias_store"] and head["module_alias_store"]
     ids = tokens(6, seed=3)
     assert torch.equal(ray.get(worker.call.remote(ids)), run_local(pipeline, ids))
@@ -196,10 +154,10 @@ def test_mixed_pipeline_task_mode() -> None:
 
 def test_bfloat16_program_is_bit_exact() -> None:
     program = export_tower(torch.bfloat16)
-    worker = Worker.remote(ActorWrapper(program))
-    info = ray.get(worker.inspect.remote())
+    worker = Loaded.remote(ActorWrapper(program))
+    info = ray.get(worker.apply.remote(inspect_program))
     assert info["all_alias_store"] and info["tied"]
-    out = ray.get(worker.run.remote(X))
+    out = ray.get(worker.apply.remote(run_module, X))
     assert out.dtype == torch.bfloat16 and torch.equal(out, program.module()(X))
     kill(worker)
 
@@ -208,31 +166,32 @@ def test_a_write_stops_the_writer_and_reaches_no_other_actor() -> None:
     program = export_tower()
     original = {name: t.detach().clone() for name, t in program.state_dict.items()}
     wrapper = ActorWrapper(program)
-    writer, bystander = Worker.remote(wrapper), Worker.remote(wrapper)
-    assert all(info["all_alias_store"] for info in ray.get([writer.inspect.remote(), bystander.inspect.remote()]))
+    writer, bystander = Loaded.remote(wrapper), Loaded.remote(wrapper)
+    infos = ray.get([actor.apply.remote(inspect_program) for actor in (writer, bystander)])
+    assert all(info["all_alias_store"] for info in infos)
     with pytest.raises(ray.exceptions.ActorDiedError):
-        ray.get(writer.write.remote(), timeout=120)
-    for worker in (bystander, Worker.remote(wrapper)):
-        seen = ray.get(worker.weights.remote(), timeout=120)
+        ray.get(writer.apply.remote(write), timeout=120)
+    for worker in (bystander, Loaded.remote(wrapper)):
+        seen = ray.get(worker.apply.remote(weights), timeout=120)
         assert seen.keys() == original.keys()
         assert all(torch.equal(seen[name], original[name]) for name in original)
-        assert torch.equal(ray.get(worker.run.remote(X)), program.module()(X))
+        assert torch.equal(ray.get(worker.apply.remote(run_module, X)), program.module()(X))
         kill(worker)
 
 
 def test_writable_load_is_a_private_copy() -> None:
     program = export_tower()
     wrapper = ActorWrapper(program)
-    editor, bystander = Worker.remote(wrapper, writable=True), Worker.remote(wrapper)
-    assert not ray.get(editor.inspect.remote())["all_alias_store"]
-    assert ray.get(editor.write.remote()) == "wrote"
-    assert not torch.equal(ray.get(editor.weights.remote())["proj.weight"], program.state_dict["proj.weight"])
-    assert torch.equal(ray.get(bystander.weights.remote())["proj.weight"], program.state_dict["proj.weight"])
+    editor, bystander = Loaded.remote(wrapper, writable=True), Loaded.remote(wrapper)
+    assert not ray.get(editor.apply.remote(inspect_program))["all_alias_store"]
+    assert ray.get(editor.apply.remote(write)) == "wrote"
+    assert not torch.equal(ray.get(editor.apply.remote(weights))["proj.weight"], program.state_dict["proj.weight"])
+    assert torch.equal(ray.get(bystander.apply.remote(weights))["proj.weight"], program.state_dict["proj.weight"])
     kill(editor, bystander)
 
 
 def _hf_llama() -> tuple[nn.Module, ExportedProgram, torch.Tensor]:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "a Hugging Face Llama exported")
     config = transformers.LlamaConfig(
         vocab_size=128,
         hidden_size=64,
@@ -258,11 +217,11 @@ def test_hugging_face_llama_in_actors_and_tasks() -> None:
     expected = program.module()(input_ids=ids, use_cache=False).logits
     assert torch.equal(expected, eager)
     wrapper = ActorWrapper(program)
-    workers = [Worker.remote(wrapper) for _ in range(2)]
-    for info in ray.get([w.inspect.remote() for w in workers]):
+    workers = [Loaded.remote(wrapper) for _ in range(2)]
+    for info in ray.get([w.apply.remote(inspect_program) for w in workers]):
         assert info["is_program"] and info["all_alias_store"] and info["module_alias_store"]
     for worker in workers:
-        out = ray.get(worker.run.remote(input_ids=ids, use_cache=False))
+        out = ray.get(worker.apply.remote(run_module, input_ids=ids, use_cache=False))
         assert torch.equal(out.logits, expected)
     assert torch.equal(TaskWrapper(program)(input_ids=ids, use_cache=False).logits, expected)
     kill(*workers)
@@ -278,9 +237,6 @@ def without_export() -> Iterator[None]:
         yield
 
 
-@pytest.mark.skipif(
-    "export" not in KNOWN_BACKENDS, reason="core's registry does not list the export backend as a known backend yet"
-)
 def test_without_the_package_wrapping_names_the_install(without_export: None) -> None:
     program = export_tower()
     with pytest.raises(BackendNotInstalledError, match=r"pip install 'ray-zerocopy\[export\]'"):

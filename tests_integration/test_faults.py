@@ -15,15 +15,13 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import MIB, Loaded, in_object_store, process_id
 from object_store import wait_for_store_at_most
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, WeightsUnavailableError
-from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-MIB = 1024**2
 
 
 def model_of(mib: int, seed: int = 0) -> nn.Module:
@@ -31,29 +29,19 @@ def model_of(mib: int, seed: int = 0) -> nn.Module:
     return nn.Linear(256, mib * MIB // (256 * 4), bias=False)
 
 
-@ray.remote(num_cpus=0.1, max_restarts=1, max_task_retries=0)
-class Predictor:
-    def __init__(self, wrapper: ActorWrapper) -> None:
-        self.model = wrapper.load()
+#: A loading actor that Ray restarts once (reloading in ``__init__``) and never retries a call on.
+Predictor = Loaded.options(max_restarts=1, max_task_retries=0)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
-    def pid(self) -> int:
-        return os.getpid()
-
-    def shared(self) -> bool:
-        return all(aliases_object_store(t) for t in self.model.state_dict().values())
-
-    def crash(self) -> None:
-        os._exit(1)
+def crash(model: Any) -> None:
+    os._exit(1)
 
 
 def wait_for_restart(actor: Any, old_pid: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            pid = ray.get(actor.pid.remote(), timeout=timeout)
+            pid = ray.get(actor.apply.remote(process_id), timeout=timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
             time.sleep(0.5)
             continue
@@ -67,18 +55,18 @@ def test_killed_actor_restarts_and_reloads(how: str) -> None:
     wrapper = ActorWrapper(model_of(4))
     actor = Predictor.remote(wrapper)
     x = torch.randn(8, 256)
-    before = ray.get(actor.predict.remote(x), timeout=120)
-    old_pid = ray.get(actor.pid.remote())
+    before = ray.get(actor.call.remote(x), timeout=120)
+    old_pid = ray.get(actor.apply.remote(process_id))
 
     if how == "os_exit":
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.crash.remote(), timeout=120)
+            ray.get(actor.apply.remote(crash), timeout=120)
     else:
         ray.kill(actor, no_restart=False)
 
     assert wait_for_restart(actor, old_pid) != old_pid
-    assert ray.get(actor.shared.remote(), timeout=120)
-    assert torch.equal(ray.get(actor.predict.remote(x), timeout=120), before)
+    assert ray.get(actor.apply.remote(in_object_store), timeout=120)
+    assert torch.equal(ray.get(actor.call.remote(x), timeout=120), before)
     ray.kill(actor)
 
 
@@ -103,16 +91,16 @@ def try_load(wrapper: ActorWrapper) -> tuple[str, str]:
 def test_owner_gone_is_a_clear_error_not_a_hang() -> None:
     owner = Owner.remote()
     wrapper = ray.get(owner.wrap.remote(), timeout=120)
-    early = Predictor.options(max_restarts=0).remote(wrapper)
+    early = Loaded.options(max_restarts=0).remote(wrapper)
     x = torch.randn(2, 256)
-    expected = ray.get(early.predict.remote(x), timeout=120)
+    expected = ray.get(early.call.remote(x), timeout=120)
     assert ray.get(try_load.remote(wrapper), timeout=120) == ("loaded", "Linear")
 
     ray.kill(owner)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(owner.wrap.remote(), timeout=120)
     # An actor that loaded before the owner died keeps its mapping: it still works.
-    assert torch.equal(ray.get(early.predict.remote(x), timeout=120), expected)
+    assert torch.equal(ray.get(early.call.remote(x), timeout=120), expected)
     ray.kill(early)
 
     # Once nobody maps the bytes any more, Ray deletes the owner's objects; from then on

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import ray
 import torch
+from environment import local_ray
+from models import tied_lm, trace
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
@@ -20,23 +23,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def ray_gpu() -> Any:
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-class TiedLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(1000, 64)
-        self.block = nn.Linear(64, 64)
-        self.head = nn.Linear(64, 1000, bias=False)
-        self.head.weight = self.embed.weight
-        self.register_buffer("scale", torch.tensor(0.5))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.block(self.embed(tokens)))) * self.scale
+def ray_gpu() -> Iterator[None]:
+    with local_ray(num_cpus=4, num_gpus=1):
+        yield
 
 
 @ray.remote(num_gpus=0.25, num_cpus=0.5)
@@ -73,8 +62,7 @@ def reference(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def test_actor_loads_onto_the_gpu_with_ties_kept(ray_gpu: None) -> None:
-    torch.manual_seed(0)
-    model = TiedLM().eval()
+    model = tied_lm(0, vocab=1000, dim=64)
     tokens = torch.randint(0, 1000, (4, 16))
     wrapper = ActorWrapper(model, device="cuda:0")
     actor = GpuHolder.remote(wrapper)
@@ -84,8 +72,7 @@ def test_actor_loads_onto_the_gpu_with_ties_kept(ray_gpu: None) -> None:
 
 
 def test_gpu_copy_is_private_and_writable(ray_gpu: None) -> None:
-    torch.manual_seed(1)
-    model = TiedLM().eval()
+    model = tied_lm(1, vocab=1000, dim=64)
     wrapper = ActorWrapper(model)
     writer = GpuHolder.remote(wrapper, device="cuda:0")
     reader = GpuHolder.remote(wrapper)  # CPU, zero-copy
@@ -98,8 +85,7 @@ def test_gpu_copy_is_private_and_writable(ray_gpu: None) -> None:
 
 
 def test_task_mode_on_the_gpu(ray_gpu: None) -> None:
-    torch.manual_seed(2)
-    model = TiedLM().eval()
+    model = tied_lm(2, vocab=1000, dim=64)
     tokens = torch.randint(0, 1000, (3, 5)).cuda()
     wrapped = TaskWrapper(model, device="cuda:0", task_options={"num_gpus": 0.25, "num_cpus": 0.5})
     out = wrapped(tokens)
@@ -126,7 +112,7 @@ def test_torchscript_model_loads_onto_the_gpu(ray_gpu: None) -> None:
 
     torch.manual_seed(3)
     eager = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
-    traced = torch.jit.trace(eager, torch.randn(1, 32))
+    traced = trace(eager, torch.randn(1, 32))
     x = torch.randn(4, 32)
     actor = GpuHolder.remote(JITActorWrapper(traced, device="cuda:0"))
     assert ray.get(actor.facts.remote())["devices"] == {"cuda:0"}

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import MIB, VOCAB, Tower, script, tokens, torchscript_allowed, trace, trained_tower
 from torch import nn
 
 import ray_zerocopy.jit
@@ -26,59 +27,26 @@ from ray_zerocopy_core.process_memory import private_memory_bytes as private_byt
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-MIB = 1024**2
-X = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
-
-
-class Tower(nn.Module):
-    """Nested submodules, BatchNorm buffers, tied weights and an exported method."""
-
-    def __init__(self, dim: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Linear(dim, dim)
-        self.norm = nn.BatchNorm1d(dim)
-        self.blocks = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Sequential(nn.Linear(dim, dim)))
-        self.head = nn.Linear(dim, dim, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.norm(self.embed(x))))
-
-    @torch.jit.export
-    def embed_only(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x)
-
-
-def _quiet(call: Any, *args: Any) -> Any:
-    # torch deprecates TorchScript and warns on torch.jit.*; these tests mean to use it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return call(*args)
+X = tokens()
 
 
 def make_script(kind: str) -> torch.jit.ScriptModule:
-    """A trained-looking Tower, scripted or traced."""
-    torch.manual_seed(0)
-    model = Tower()
-    with torch.no_grad():
-        model(torch.randn(32, 16))  # non-trivial BatchNorm statistics
-    model.eval()
-    if kind == "scripted":
-        return _quiet(torch.jit.script, model)
-    return _quiet(torch.jit.trace, model, X)
+    """The trained Tower, scripted or traced."""
+    model = trained_tower()
+    return script(model) if kind == "scripted" else trace(model, X)
 
 
 class Pipeline:
-    """An eager encoder next to a TorchScript decoder, plus plain state."""
+    """A TorchScript tower next to an eager head, plus plain state."""
 
     def __init__(self, kind: str) -> None:
+        self.tower = make_script(kind)
         torch.manual_seed(2)
-        self.encoder = nn.Sequential(nn.Linear(16, 16), nn.Tanh()).eval()
-        self.decoder = make_script(kind)
+        self.head = nn.Sequential(nn.Linear(VOCAB, 16), nn.Tanh()).eval()
         self.scale = 2.0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x)) * self.scale
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(ids)) * self.scale
 
 
 class ModelHolder:
@@ -178,11 +146,11 @@ def test_task_mode_outputs_equal(kind: str) -> None:
 def test_pipeline_next_to_an_eager_model_actor_mode(kind: str) -> None:
     pipeline = Pipeline(kind)
     wrapper = JITModelWrapper.from_model(pipeline, mode="actor")
-    assert sorted(wrapper.model_names) == ["decoder", "encoder"]
+    assert sorted(wrapper.model_names) == ["head", "tower"]
     worker = Worker.remote(wrapper)
-    decoder, encoder = ray.get([worker.inspect.remote("decoder"), worker.inspect.remote("encoder")])
-    assert decoder["script"] and decoder["all_alias_store"]
-    assert not encoder["script"] and encoder["all_alias_store"]
+    tower, head = ray.get([worker.inspect.remote("tower"), worker.inspect.remote("head")])
+    assert tower["script"] and tower["all_alias_store"]
+    assert not head["script"] and head["all_alias_store"]
     assert torch.equal(ray.get(worker.run.remote(X)), pipeline(X))
     kill(worker)
 
@@ -219,10 +187,10 @@ def test_legacy_actor_functions_warn_and_work(kind: str) -> None:
     pipeline = Pipeline(kind)
     with pytest.warns(DeprecationWarning, match="JITActorWrapper"):
         skeleton, refs = ray_zerocopy.jit.actor.rewrite_pipeline_for_actors(pipeline)
-    assert set(refs) == {"encoder", "decoder"}
+    assert set(refs) == {"tower", "head"}
     loaded = Worker.remote({"pipeline_skeleton": skeleton, "model_refs": refs}, how="legacy_pipeline")
     assert torch.equal(ray.get(loaded.run.remote(X)), pipeline(X))
-    assert ray.get(loaded.inspect.remote("decoder"))["all_alias_store"]
+    assert ray.get(loaded.inspect.remote("tower"))["all_alias_store"]
     caught = ray.get(loaded.caught_warnings.remote())
     assert len(caught) == 1 and "load_pipeline_in_actor() is deprecated" in caught[0], caught
 
@@ -278,7 +246,7 @@ def big_script() -> torch.jit.ScriptModule:
         layer = nn.Linear(2048, 2048, bias=False, device="meta").to_empty(device="cpu")
         layer.weight.data.normal_(0, 0.02)
         layers.append(layer)
-    return _quiet(torch.jit.trace, nn.Sequential(*layers).eval(), torch.ones(1, 2048))
+    return trace(nn.Sequential(*layers).eval(), torch.ones(1, 2048))
 
 
 @ray.remote(num_cpus=0.25)
@@ -291,7 +259,8 @@ class MemoryProbe:
         if how == "zerocopy":
             self.model = source.load()
         else:  # the plain alternative: each actor loads the saved module from disk
-            self.model = _quiet(torch.jit.load, source)
+            with torchscript_allowed():
+                self.model = torch.jit.load(source)
         self.load_s = time.perf_counter() - start
         with torch.no_grad():
             self.model(torch.ones(1, 2048))
@@ -321,7 +290,8 @@ def test_four_actors_on_a_256_mib_script_module_hold_one_copy(tmp_path: Any) -> 
     ratio = (sum(r["growth"] for r in ours) + weight_bytes) / weight_bytes
 
     path = tmp_path / "model.pt"
-    _quiet(torch.jit.save, model, str(path))
+    with torchscript_allowed():
+        torch.jit.save(model, str(path))
     from_disk = _four_actors("disk", str(path))
     disk_ratio = sum(r["growth"] for r in from_disk) / weight_bytes
     print(

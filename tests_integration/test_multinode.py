@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
 import torch
+from models import MIB, Loaded, in_object_store
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
-from ray_zerocopy_core.inspection import aliases_object_store
-
-MIB = 1024**2
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +41,9 @@ def two_nodes() -> Iterator[Cluster]:
         cluster.shutdown()
 
 
-@ray.remote(num_cpus=0.1)
-class Predictor:
-    def __init__(self, wrapper: ActorWrapper) -> None:
-        self.model = wrapper.load()
-
-    def where(self) -> tuple[str, int]:
-        return ray.get_runtime_context().get_node_id(), os.getpid()
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def zero_copy(self) -> bool:
-        return all(aliases_object_store(t) for t in self.model.state_dict().values())
+def where(model: Any) -> tuple[str, int]:
+    """The node and the process holding ``model``."""
+    return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 def test_actors_on_two_nodes_share_one_copy_per_node(two_nodes: Cluster) -> None:
@@ -66,22 +55,20 @@ def test_actors_on_two_nodes_share_one_copy_per_node(two_nodes: Cluster) -> None
     wrapper = ActorWrapper(model)
     (ref,) = wrapper.constructor_kwargs["model_refs"].values()
 
-    def pinned(node_id: str) -> Predictor:
-        return Predictor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
-            wrapper
-        )
+    def pinned(node_id: str) -> Any:
+        return Loaded.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(wrapper)
 
     actors = [pinned(node_ids[0]), pinned(node_ids[1]), pinned(node_ids[1])]
-    placed = ray.get([a.where.remote() for a in actors], timeout=300)
+    placed = ray.get([a.apply.remote(where) for a in actors], timeout=300)
     assert [node for node, _ in placed] == [node_ids[0], node_ids[1], node_ids[1]]
 
     x = torch.randn(4, 512)
     expected = model(x).detach()
-    for output in ray.get([a.predict.remote(x) for a in actors], timeout=300):
+    for output in ray.get([a.call.remote(x) for a in actors], timeout=300):
         assert torch.allclose(output, expected)
 
     # Every actor maps its node's object store; no actor holds a private copy.
-    assert ray.get([a.zero_copy.remote() for a in actors], timeout=300) == [True, True, True]
+    assert ray.get([a.apply.remote(in_object_store) for a in actors], timeout=300) == [True, True, True]
 
     locations = ray.experimental.get_object_locations([ref])[ref]
     assert sorted(locations["node_ids"]) == node_ids, locations

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 import ray
 import scripts
 import torch
+from environment import require, wait_until
+from models import MIB, script
 from object_store import store_bytes_used, wait_for_store
 from torch import nn
 
@@ -35,7 +36,6 @@ from ray_zerocopy_core.named import NAMESPACE, holder_private_memory
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
 
-MIB = 1024**2
 SUBPROCESS_TIMEOUT_S = 180
 
 
@@ -101,10 +101,10 @@ class User:
 
 @pytest.fixture
 def cleanup() -> Iterator[list[str]]:
-    """Names to unpublish after the test, whatever happened; then wait for the store to drain.
+    """Names to unpublish after the test, whatever happened; then the store must drain.
 
-    Ray frees objects asynchronously; waiting here keeps one test's models out of the
-    next test's baseline.
+    Ray frees objects asynchronously, so the store gets a generous minute; what is still
+    held after it leaked, and fails the test that leaked it (not the next one's baseline).
     """
     names: list[str] = []
     before = store_bytes_used()
@@ -112,7 +112,8 @@ def cleanup() -> Iterator[list[str]]:
     for name in names:
         unpublish(name, missing_ok=True)
     gc.collect()  # a test's frame may be kept in a cycle (pytest.raises) with a loaded model in it
-    wait_for_store(lambda used: used <= before + MIB, timeout=30)
+    used = wait_for_store(lambda used: used <= before + MIB, timeout=60)
+    assert used <= before + MIB, f"{(used - before) / MIB:.1f} MiB still in the object store after unpublishing {names}"
 
 
 def run_driver(code: str, tmp_path: Path, label: str) -> str:
@@ -229,10 +230,9 @@ def test_killed_holder_is_a_clear_error_and_get_or_publish_recovers(tmp_path: Pa
     assert ray.get(user.load.remote("fragile"))
     ray.kill(ray.get_actor("holder:fragile-holder", namespace=NAMESPACE), no_restart=True)
 
+    assert wait_until(lambda: not holder_alive("fragile-holder"), timeout=60)  # ray.kill is asynchronous
     with pytest.raises(ModelNotPublishedError) as caught:
-        for _ in range(50):  # the kill is asynchronous: wait until the holder is gone
-            load_published("fragile")
-            time.sleep(0.1)
+        load_published("fragile")
     message = str(caught.value)
     assert "'fragile'" in message and "died" in message
     assert "get_or_publish('fragile'" in message and "publish('fragile'" in message
@@ -281,14 +281,17 @@ def test_unpublish_frees_the_store_once_loaders_drop_it(cleanup: list[str]) -> N
     assert used < baseline + info.nbytes / 4
     ray.kill(user)
 
-    deadline = time.monotonic() + 30  # the default holder stored nothing else: it is stopped
-    while holder_actors() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert holder_actors() == []
+    assert wait_until(lambda: holder_actors() == [], timeout=60)  # the default holder stored nothing else: stopped
 
 
 def holder_actors() -> list[str]:
+    """The named-model holders alive now."""
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the holder actor ``holder`` is still alive."""
+    return f"holder:{holder}" in holder_actors()
 
 
 def test_republish_replaces_while_old_loads_keep_the_old_version(cleanup: list[str]) -> None:
@@ -316,7 +319,7 @@ class TwoModels:
     def __init__(self) -> None:
         torch.manual_seed(11)
         self.encoder = nn.Linear(64, 32)
-        self.decoder = torch.jit.script(nn.Linear(32, 8))
+        self.decoder = script(nn.Linear(32, 8))
         self.scale = 2.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +327,7 @@ class TwoModels:
 
 
 def test_pipelines_and_torchscript_are_published_through_their_backends(cleanup: list[str]) -> None:
-    pytest.importorskip("ray_zerocopy_jit")
+    require("ray_zerocopy_jit", "TorchScript models in a pipeline")
     cleanup.append("pipeline")
     info = publish("pipeline", TwoModels, use_fast_load=True)  # a class is a loader too
     assert info.backends == {"encoder": "nn", "decoder": "jit"}
@@ -349,10 +352,7 @@ def test_a_failing_loader_reaches_the_caller_and_stores_nothing() -> None:
     assert "broken" not in [m.name for m in list_published()]
     with pytest.raises(ModelNotPublishedError, match="No model is published under the name 'broken'"):
         load_published("broken")
-    deadline = time.monotonic() + 30  # the holder it started stores nothing: it is stopped
-    while holder_actors() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert holder_actors() == []
+    assert wait_until(lambda: holder_actors() == [], timeout=60)  # the holder it started stores nothing: stopped
 
 
 def export_linear() -> Any:
@@ -362,7 +362,7 @@ def export_linear() -> Any:
 
 
 def test_exported_programs_are_published_through_their_backend(cleanup: list[str]) -> None:
-    pytest.importorskip("ray_zerocopy_export")
+    require("ray_zerocopy_export", "exported programs")
     cleanup.append("exported")
     info = publish("exported", export_linear)
     assert info.backends == {"": "export"}

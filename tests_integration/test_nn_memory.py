@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import MIB
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
@@ -21,7 +22,6 @@ from ray_zerocopy_core.process_memory import private_memory_bytes as private_byt
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-MIB = 1024**2
 ACTORS = 4
 
 
@@ -59,6 +59,7 @@ def extra_memory(how: str, source: Any, stored_bytes: int) -> float:
     return growth + stored_bytes
 
 
+@pytest.mark.slow  # 512 MiB held about five times over: run with -m slow
 def test_four_actors_share_one_copy_where_naive_put_holds_five() -> None:
     model = big_model()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

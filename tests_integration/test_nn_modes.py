@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
 import ray
 import torch
+from environment import populate_read_supported, wait_until
+from models import MIB, Loaded, TiedLM, tied_lm
 from torch import nn
 
 import ray_zerocopy
@@ -19,26 +19,6 @@ from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
 from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers
-
-
-class TinyLM(nn.Module):
-    """Embedding tied to the output projection, plus a method besides forward."""
-
-    def __init__(self, vocab: int = 64, dim: int = 32) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.mix = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.mix(self.embed(tokens))))
-
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.mix(self.embed(tokens))
-
-    def whoami(self) -> tuple[int, int]:
-        return os.getpid(), id(self)
 
 
 class Pipeline:
@@ -64,44 +44,35 @@ def inspect_model(model: nn.Module) -> dict[str, Any]:
     }
 
 
-@ray.remote(num_cpus=0.25)
-class Holder:
-    """A plain actor that loads whatever wrapper it is given."""
+def inspect_part(model: Any, attr: str) -> dict[str, Any]:
+    """:func:`inspect_model` of one model of a pipeline."""
+    return inspect_model(getattr(model, attr))
 
-    def __init__(self, wrapper: ModelWrapper) -> None:
-        self.model = wrapper.load()
 
-    def call(self, *args: Any) -> Any:
-        with torch.no_grad():
-            return self.model(*args)
-
-    def inspect(self, attr: str | None = None) -> dict[str, Any]:
-        return inspect_model(getattr(self.model, attr) if attr else self.model)
-
-    def tied(self) -> bool:
-        return self.model.head.weight is self.model.embed.weight
+def tied(model: Any) -> bool:
+    """Whether the head of a loaded :class:`TiedLM` is still its embedding."""
+    return model.head.weight is model.embed.weight
 
 
 @pytest.fixture(scope="module")
-def lm() -> TinyLM:
-    torch.manual_seed(0)
-    return TinyLM().eval()
+def lm() -> TiedLM:
+    return tied_lm()
 
 
-def test_actor_mode_outputs_equal_and_weights_alias_the_store(lm: TinyLM) -> None:
+def test_actor_mode_outputs_equal_and_weights_alias_the_store(lm: TiedLM) -> None:
     tokens = torch.randint(0, 64, (2, 9))
     wrapper = ActorWrapper(lm)
-    actors = [Holder.remote(wrapper) for _ in range(2)]
+    actors = [Loaded.remote(wrapper) for _ in range(2)]
     for actor in actors:
         assert torch.equal(ray.get(actor.call.remote(tokens)), lm(tokens))
-        info = ray.get(actor.inspect.remote())
+        info = ray.get(actor.apply.remote(inspect_model))
         assert info == {
             "all_alias_store": True,
             "training": False,
             "requires_grad": False,
             "param_types": {"Parameter"},
         }
-        assert ray.get(actor.tied.remote())
+        assert ray.get(actor.apply.remote(tied))
 
 
 def test_model_wrapper_actor_mode_with_pipeline_and_fast_load() -> None:
@@ -109,13 +80,13 @@ def test_model_wrapper_actor_mode_with_pipeline_and_fast_load() -> None:
     x = torch.randn(5, 16)
     wrapper = ModelWrapper.from_model(pipeline, mode="actor", use_fast_load=True)
     assert wrapper.model_names == ["encoder", "decoder"]
-    actor = Holder.remote(wrapper)
+    actor = Loaded.remote(wrapper)
     assert torch.equal(ray.get(actor.call.remote(x)), pipeline(x))  # reference on one thread, as the actor
-    info = ray.get(actor.inspect.remote("decoder"))
+    info = ray.get(actor.apply.remote(inspect_part, "decoder"))
     assert info["all_alias_store"] and info["param_types"] == {"Tensor"}
 
 
-def test_wrapper_is_small_to_pickle(lm: TinyLM) -> None:
+def test_wrapper_is_small_to_pickle(lm: TiedLM) -> None:
     big = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])
     small_pickle = len(ray.cloudpickle.dumps(ActorWrapper(lm)))
     big_pickle = len(ray.cloudpickle.dumps(ActorWrapper(big)))
@@ -126,9 +97,9 @@ def test_bfloat16_model_in_an_actor() -> None:
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8)).to(torch.bfloat16).eval()
     x = torch.randn(3, 32, dtype=torch.bfloat16)
-    actor = Holder.remote(ActorWrapper(model))
+    actor = Loaded.remote(ActorWrapper(model))
     assert torch.equal(ray.get(actor.call.remote(x)), model(x))
-    assert ray.get(actor.inspect.remote())["all_alias_store"]
+    assert ray.get(actor.apply.remote(inspect_model))["all_alias_store"]
 
 
 def test_constructor_kwargs_feed_load_pipeline_in_actor() -> None:
@@ -179,7 +150,7 @@ def test_ray_data_actor_pool_matches_local_inference() -> None:
     np.testing.assert_array_equal(np.sort(got, axis=0), np.sort(expected, axis=0))
 
 
-def test_task_mode_pipeline_call_and_methods(lm: TinyLM) -> None:
+def test_task_mode_pipeline_call_and_methods(lm: TiedLM) -> None:
     tokens = torch.randint(0, 64, (2, 6))
     wrapped = ModelWrapper.for_tasks(lm, method_names=("__call__", "encode", "whoami"))
     assert torch.equal(wrapped(tokens), lm(tokens))
@@ -188,7 +159,7 @@ def test_task_mode_pipeline_call_and_methods(lm: TinyLM) -> None:
         wrapped.generate(tokens)
 
 
-def test_task_mode_worker_cache_reuses_the_rebuilt_model(lm: TinyLM) -> None:
+def test_task_mode_worker_cache_reuses_the_rebuilt_model(lm: TiedLM) -> None:
     wrapped = TaskWrapper(lm, method_names=("whoami",))
     seen: dict[int, set[int]] = {}
     for _ in range(12):
@@ -208,7 +179,7 @@ def test_task_mode_pipeline_keeps_plain_attributes_and_task_options() -> None:
     assert torch.equal(rewritten(x), pipeline(x))
 
 
-def test_task_options_reach_the_task(lm: TinyLM) -> None:
+def test_task_options_reach_the_task(lm: TiedLM) -> None:
     class Resources(nn.Module):
         def forward(self) -> dict[str, float]:
             return ray.get_runtime_context().get_assigned_resources()
@@ -217,7 +188,7 @@ def test_task_options_reach_the_task(lm: TinyLM) -> None:
     assert wrapped() == {"CPU": 0.5}
 
 
-def test_legacy_task_and_actor_functions_warn_and_work(lm: TinyLM) -> None:
+def test_legacy_task_and_actor_functions_warn_and_work(lm: TiedLM) -> None:
     tokens = torch.randint(0, 64, (1, 4))
     with pytest.warns(DeprecationWarning, match="TaskWrapper"):
         rewritten = ray_zerocopy.invoke.rewrite_pipeline(Pipeline())
@@ -247,7 +218,7 @@ def test_legacy_task_and_actor_functions_warn_and_work(lm: TinyLM) -> None:
     assert torch.equal(loaded(torch.ones(2, 16)), Pipeline()(torch.ones(2, 16)))
 
 
-def test_wrong_mode_and_bad_arguments_say_what_to_do(lm: TinyLM) -> None:
+def test_wrong_mode_and_bad_arguments_say_what_to_do(lm: TiedLM) -> None:
     actor_wrapper = ActorWrapper(lm)
     with pytest.raises(ray_zerocopy.WrongModeError, match=r"actor mode.*\.load\(\)"):
         actor_wrapper(torch.zeros(1, 1, dtype=torch.long))
@@ -261,34 +232,37 @@ def test_wrong_mode_and_bad_arguments_say_what_to_do(lm: TinyLM) -> None:
         ActorWrapper(Pipeline(), model_attr_names=["missing"])
 
 
+@ray.remote(num_cpus=0.25)
+class ResidentShmem:
+    """Loads a wrapper in ``__init__`` and reports how much shared memory it has mapped in since."""
+
+    def __init__(self, wrapper: ActorWrapper) -> None:
+        self.before = self.resident_shmem()
+        self.model = wrapper.load()
+
+    @staticmethod
+    def resident_shmem() -> int:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("RssShmem:"))
+        return int(line.split()[1]) * 1024
+
+    def growth(self) -> int:
+        return self.resident_shmem() - self.before
+
+    def call(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(x)
+
+
+@pytest.mark.skipif(not populate_read_supported(), reason="prefault needs madvise(MADV_POPULATE_READ): Linux 5.14+")
 def test_prefault_maps_the_weights_in_before_the_first_forward() -> None:
     layers = [nn.Linear(1024, 1024, bias=False) for _ in range(16)]  # 64 MiB
     model = nn.Sequential(*layers).eval()
-
-    @ray.remote(num_cpus=0.25)
-    class Prefaulted:
-        def __init__(self, wrapper: ActorWrapper) -> None:
-            self.before = self.resident_shmem()
-            self.model = wrapper.load()
-            for thread in threading.enumerate():
-                if thread.name == "ray-zerocopy-prefault":
-                    thread.join()
-            self.after = self.resident_shmem()
-
-        @staticmethod
-        def resident_shmem() -> int:
-            with open("/proc/self/status") as status:
-                line = next(line for line in status if line.startswith("RssShmem:"))
-            return int(line.split()[1]) * 1024
-
-        def growth(self) -> int:
-            return self.after - self.before
-
-        def call(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return self.model(x)
-
-    actor = Prefaulted.remote(ActorWrapper(model, prefault=True))
-    assert ray.get(actor.growth.remote()) >= 64 * 1024**2
+    weights = 64 * MIB
+    prefaulted = ResidentShmem.remote(ActorWrapper(model, prefault=True))
+    lazy = ResidentShmem.remote(ActorWrapper(model))
+    # Prefaulting runs in the background after load(): poll what the process has mapped in.
+    assert wait_until(lambda: ray.get(prefaulted.growth.remote()) >= weights, timeout=120)
+    assert ray.get(lazy.growth.remote()) < weights // 4  # without prefault, pages fault in on use
     x = torch.randn(2, 1024)
-    assert torch.equal(ray.get(actor.call.remote(x)), model(x))
+    assert torch.equal(ray.get(prefaulted.call.remote(x)), model(x))

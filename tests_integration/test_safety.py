@@ -9,16 +9,16 @@ other worker, a freshly started one, and the stored object keep the original val
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
-import warnings
 from typing import Any
 
 import numpy as np
 import pytest
 import ray
 import torch
+from environment import require
+from models import Loaded, in_object_store, script
+from scripts import run_driver
 from torch import nn
 
 from ray_zerocopy import ActorWrapper
@@ -29,39 +29,21 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 WRITE_KINDS = ("add_", "copy_", "optimizer_step", "load_state_dict")
 
 
-def _jit_skip_reason() -> str | None:
-    """Why the jit variants cannot run yet (the jit backend still raises), or None."""
-    try:
-        from ray_zerocopy_core.registry import get_backend
-
-        get_backend("jit").extract(_script(_small_model()))
-    except NotImplementedError as exc:
-        return f"the jit backend is not implemented yet ({exc})"
-    except Exception as exc:
-        return f"the jit backend is unavailable ({type(exc).__name__}: {exc})"
-    return None
-
-
 def _small_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
 
 
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    # torch deprecates TorchScript and warns on torch.jit.script; the test means to use it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return torch.jit.script(model)
-
-
-_JIT_SKIP = _jit_skip_reason()
-BACKENDS = ["nn", pytest.param("jit", marks=pytest.mark.skipif(_JIT_SKIP is not None, reason=str(_JIT_SKIP)))]
+BACKENDS = ["nn", "jit"]
 
 
 def make_model(backend: str) -> nn.Module:
-    """The same small model, eager or scripted."""
+    """The same small model, eager or scripted (the jit variants skip only without the jit package)."""
     model = _small_model()
-    return _script(model) if backend == "jit" else model
+    if backend == "jit":
+        require("ray_zerocopy_jit", "the TorchScript backend")
+        return script(model)
+    return model
 
 
 def snapshot(model: Any) -> dict[str, torch.Tensor]:
@@ -96,22 +78,10 @@ def write_in_place(model: Any, kind: str) -> None:
         raise ValueError(kind)
 
 
-@ray.remote(num_cpus=0.1)
-class Holder:
-    """An actor that loads the wrapper in ``__init__``, as users do."""
-
-    def __init__(self, wrapper: ActorWrapper, writable: bool = False) -> None:
-        self.model = wrapper.load(writable=writable)
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return snapshot(self.model)
-
-    def aliases_store(self) -> bool:
-        return all(aliases_object_store(t) for t in self.model.state_dict().values())
-
-    def write(self, kind: str) -> str:
-        write_in_place(self.model, kind)
-        return "wrote"
+def write(model: Any, kind: str) -> str:
+    """:func:`write_in_place`, then say so (run in an actor through ``Loaded.apply``)."""
+    write_in_place(model, kind)
+    return "wrote"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,15 +90,15 @@ def test_write_to_shared_weights_stops_the_writer_only(backend: str, kind: str) 
     model = make_model(backend)
     original = snapshot(model)
     wrapper = ActorWrapper(model)
-    writer, bystander = Holder.remote(wrapper), Holder.remote(wrapper)
-    assert ray.get([writer.aliases_store.remote(), bystander.aliases_store.remote()]) == [True, True]
+    writer, bystander = Loaded.remote(wrapper), Loaded.remote(wrapper)
+    assert ray.get([writer.apply.remote(in_object_store), bystander.apply.remote(in_object_store)]) == [True, True]
 
     with pytest.raises(ray.exceptions.ActorDiedError):
-        ray.get(writer.write.remote(kind), timeout=120)
+        ray.get(writer.apply.remote(write, kind), timeout=120)
 
-    assert_same(ray.get(bystander.weights.remote(), timeout=120), original)
-    fresh = Holder.remote(wrapper)
-    assert_same(ray.get(fresh.weights.remote(), timeout=120), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot), timeout=120), original)
+    fresh = Loaded.remote(wrapper)
+    assert_same(ray.get(fresh.apply.remote(snapshot), timeout=120), original)
     # A private copy reads the stored bytes as they are now: unchanged.
     assert_same(snapshot(wrapper.load(writable=True)), original)
     for actor in (bystander, fresh):
@@ -140,22 +110,25 @@ def test_writable_load_is_a_private_copy(backend: str) -> None:
     model = make_model(backend)
     original = snapshot(model)
     wrapper = ActorWrapper(model)
-    editor, bystander = Holder.remote(wrapper, writable=True), Holder.remote(wrapper)
+    editor, bystander = Loaded.remote(wrapper, writable=True), Loaded.remote(wrapper)
 
-    assert ray.get(editor.aliases_store.remote()) is False
+    assert ray.get(editor.apply.remote(in_object_store)) is False
     for kind in WRITE_KINDS:
-        assert ray.get(editor.write.remote(kind), timeout=120) == "wrote"
-    edited = ray.get(editor.weights.remote())
+        assert ray.get(editor.apply.remote(write, kind), timeout=120) == "wrote"
+    edited = ray.get(editor.apply.remote(snapshot))
     assert any(not torch.equal(edited[name], original[name]) for name in original)
 
-    assert_same(ray.get(bystander.weights.remote()), original)
-    assert_same(ray.get(Holder.remote(wrapper).weights.remote()), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot)), original)
+    fresh = Loaded.remote(wrapper)
+    assert_same(ray.get(fresh.apply.remote(snapshot)), original)
     assert_same(snapshot(wrapper.load(writable=True)), original)
 
     # The wrapper-level option gives the same private copy.
     private = ActorWrapper(model, writable=True).load()
     write_in_place(private, "add_")
-    assert_same(ray.get(bystander.weights.remote()), original)
+    assert_same(ray.get(bystander.apply.remote(snapshot)), original)
+    for actor in (editor, bystander, fresh):
+        ray.kill(actor)
 
 
 _DRIVER_SCRIPT = textwrap.dedent(
@@ -165,7 +138,21 @@ _DRIVER_SCRIPT = textwrap.dedent(
     from torch import nn
     from ray_zerocopy import ActorWrapper
 
-    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=True)
+    class Recorded:
+        \"\"\"This driver's stderr, also kept as text: Ray prints the workers' log lines to it.\"\"\"
+
+        def __init__(self, stream):
+            self.stream, self.text = stream, []
+
+        def write(self, text):
+            self.text.append(text)
+            return self.stream.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    sys.stderr = Recorded(sys.stderr)
+    ray.init(logging_level="ERROR", log_to_driver=True)  # RAY_ADDRESS names the test's cluster
 
     @ray.remote(num_cpus=0.1)
     class Writer:
@@ -182,7 +169,9 @@ _DRIVER_SCRIPT = textwrap.dedent(
         print("WRITE SUCCEEDED")
     except ray.exceptions.ActorDiedError:
         print("WRITER DIED")
-    time.sleep(5)  # let the worker's log lines reach this driver
+    deadline = time.monotonic() + 120  # the worker's log lines reach this driver asynchronously
+    while "wrote in place to a model weight" not in "".join(sys.stderr.text) and time.monotonic() < deadline:
+        time.sleep(0.1)
     """
 )
 
@@ -191,12 +180,8 @@ def test_fault_message_reaches_the_driver_log(tmp_path: Any) -> None:
     """A second driver on the same cluster sees the worker's explanation on its stderr."""
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER_SCRIPT)
-    gcs_address = ray.get_runtime_context().gcs_address
-    done = subprocess.run(
-        [sys.executable, str(script), gcs_address], capture_output=True, text=True, timeout=240, check=False
-    )
-    assert "WRITER DIED" in done.stdout, done.stdout + done.stderr
-    log = done.stdout + done.stderr
+    log = run_driver(script, timeout=240, label="a driver whose actor writes")  # stdout and stderr
+    assert "WRITER DIED" in log, log[-4000:]
     assert "wrote in place to a model weight" in log, log[-4000:]
     assert "load(writable=True)" in log
 

@@ -9,14 +9,12 @@ and pipelines that would carry a model by value.
 from __future__ import annotations
 
 import gc
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 import torch
-from scripts import run_driver
+from models import Loaded
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
@@ -54,13 +52,8 @@ class TwoLoads:
         return "wrote"
 
 
-@ray.remote(num_cpus=0.1)
-class Reader:
-    def __init__(self, wrapper: ActorWrapper) -> None:
-        self.model = wrapper.load()
-
-    def weight(self) -> torch.Tensor:
-        return first_weight(self.model).clone()
+def first_weight_copy(model: nn.Module) -> torch.Tensor:
+    return first_weight(model).detach().clone()
 
 
 @pytest.mark.parametrize("second_options", [{}, {"prefault": True}, {"use_fast_load": True}])
@@ -68,12 +61,12 @@ def test_dropping_one_of_two_loads_keeps_the_other_read_only(second_options: dic
     model = small_model()
     original = first_weight(model).detach().clone()
     wrapper = ActorWrapper(model)
-    holder, reader = TwoLoads.remote(wrapper, second_options), Reader.remote(wrapper)
+    holder, reader = TwoLoads.remote(wrapper, second_options), Loaded.remote(wrapper)
     assert ray.get(holder.drop_first.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(holder.write_through_second.remote(), timeout=60)
-    assert torch.equal(ray.get(reader.weight.remote()), original)
-    assert torch.equal(ray.get(Reader.remote(wrapper).weight.remote()), original)
+    assert torch.equal(ray.get(reader.apply.remote(first_weight_copy)), original)
+    assert torch.equal(ray.get(Loaded.remote(wrapper).apply.remote(first_weight_copy)), original)
     ray.kill(reader)
 
 
@@ -108,7 +101,8 @@ def test_a_task_worker_cache_that_evicts_one_of_two_option_sets_keeps_the_weight
     # Both option sets on the same worker; each call evicts the other's cached model.
     for _ in range(3):
         assert torch.equal(plain(x), expected) and torch.equal(prefaulted(x), expected)
-    with pytest.raises((ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError)):
+    # The worker dies (SIGSEGV); a Python exception in corrupt() would be a RayTaskError instead.
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
         prefaulted.corrupt()
     assert torch.equal(plain(x), expected)
     assert torch.equal(ActorWrapper(model).load()(x), expected)
@@ -122,12 +116,12 @@ class ThreadedWriter:
 
     def write(self) -> str:
         with torch.no_grad():
-            self.model.weight.mul_(2)  # 256 MiB: split across torch's intra-op threads
+            self.model.weight.mul_(2)  # 64 MiB: split across torch's intra-op threads
         return "wrote"
 
 
 def test_a_write_from_torch_worker_threads_ends_the_writer_within_seconds() -> None:
-    model = nn.Linear(8192, 8192, bias=False)  # 256 MiB
+    model = nn.Linear(4096, 4096, bias=False)  # 64 MiB
     original_row = model.weight[0].detach().clone()
     wrapper = ActorWrapper(model)
     writer = ThreadedWriter.remote(wrapper)
@@ -162,63 +156,6 @@ def test_small_buffers_of_every_element_size_load_aligned() -> None:
     loaded = ray.get(buffers_in_a_worker.remote(ActorWrapper(model)))
     for name, tensor in model.named_buffers():
         assert torch.equal(loaded[name], tensor), name
-
-
-CAPTURING_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import ray, torch
-    from torch import nn
-    from ray_zerocopy import ActorWrapper
-    from ray_zerocopy_core.errors import PipelineError
-
-    ray.init(address=sys.argv[1], logging_level="ERROR")
-    model = {model}
-    scale = 2.0
-
-    class Pipeline:
-        def __init__(self):
-            self.model = model
-            self.scale = scale
-
-        def __call__(self, x):
-            return model(x) * self.scale  # reaches the model through the global
-
-    def make_closure_pipeline():
-        captured = model
-
-        class Closure:
-            def __init__(self):
-                self.model = captured
-
-            def __call__(self, x):
-                return captured(x)
-
-        return Closure()
-
-    for make in (Pipeline, make_closure_pipeline):
-        try:
-            ActorWrapper(make())
-            print("WRAPPED")
-        except PipelineError as exc:
-            print("REFUSED:", exc)
-    """
-)
-
-
-@pytest.mark.parametrize("kind", ["eager", "torchscript"])
-def test_a_model_captured_by_a_global_or_closure_is_named(tmp_path: Path, kind: str) -> None:
-    model = "nn.Linear(2048, 2048)"  # 16 MiB
-    if kind == "torchscript":
-        model = f"torch.jit.script({model})"
-    script = tmp_path / "capture.py"
-    script.write_text(CAPTURING_SCRIPT.format(model=model))
-    output = run_driver(script, ray.get_runtime_context().gcs_address, timeout=120, label="capturing pipelines")
-    refusals = [line for line in output.splitlines() if line.startswith("REFUSED")]
-    assert len(refusals) == 2, output[-3000:]
-    assert "global 'model' (used by Pipeline.__call__)" in refusals[0]
-    assert "closure variable 'captured'" in refusals[1]
-    assert all("self.model = model" in line for line in refusals)
 
 
 def test_small_constants_in_a_pipeline_are_fine() -> None:

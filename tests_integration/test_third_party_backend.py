@@ -2,14 +2,15 @@
 
 The fixture project ``fixtures/toy-backend`` declares ``toy`` in the
 ``ray_zerocopy.backends`` group; nothing in core names it. The nox ``integration``
-session installs it; run elsewhere, this module installs it first.
+session installs it; run elsewhere, this module installs it into a temporary folder on
+``PYTHONPATH`` (seen by the Ray it starts), never into the environment running the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import subprocess
-import sys
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from environment import local_ray, on_path
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, ModelWrapper, backend_for, backend_names
@@ -27,16 +29,15 @@ FIXTURE = Path(__file__).parent / "fixtures" / "toy-backend"
 
 
 @pytest.fixture(scope="module")
-def toy_backend(ray_local: None) -> Iterator[Any]:
-    try:
-        import toy_backend
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(FIXTURE)], check=True)
-        importlib.invalidate_caches()
-        import toy_backend
-    registry.reset_registry()
-    yield toy_backend
-    registry.reset_registry()
+def toy_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The toy backend's module, its distribution installed, and a private Ray whose workers see it."""
+    with contextlib.ExitStack() as stack:
+        if importlib.util.find_spec("toy_backend") is None:
+            stack.enter_context(on_path(FIXTURE, tmp_path_factory.mktemp("toy-backend")))
+        stack.enter_context(local_ray())  # started after the install: its workers inherit PYTHONPATH
+        registry.reset_registry()
+        stack.callback(registry.reset_registry)
+        yield importlib.import_module("toy_backend")
 
 
 def tables(module: Any) -> Any:

@@ -6,47 +6,21 @@ import gc
 import mmap
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from shm_tables import MIB, shm_size, stored_in_shared_memory, weights_table
 
 from ray_zerocopy_core import memory
 from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.plugin import LoadOptions
-from ray_zerocopy_core.representation import TensorTable, build_table
 
 pytestmark = pytest.mark.skipif(not memory.protection_supported(), reason="needs Linux mprotect")
 HERE = Path(__file__).parent
-
-
-def stored_in_shared_memory(table: TensorTable, first_offset: int = 64) -> TensorTable:
-    """``table`` guarded and copied into a /dev/shm mapping with Ray's buffer alignment (64 B, 8 B under 2 KiB)."""
-    guarded = memory.guard_table(table)
-    total = sum(int(b.nbytes) + 64 for b in guarded.buffers) + first_offset + mmap.PAGESIZE
-    with tempfile.TemporaryFile(dir="/dev/shm") as backing:
-        backing.truncate(total)
-        mapping = mmap.mmap(backing.fileno(), total)
-    memory_view = np.frombuffer(mapping, dtype=np.uint8)
-    offset, buffers = first_offset, []
-    for buffer in guarded.buffers:
-        alignment = 64 if buffer.nbytes >= 2048 else 8
-        offset = -(-offset // alignment) * alignment
-        view = memory_view[offset : offset + buffer.nbytes]
-        view[:] = buffer
-        buffers.append(view)
-        offset += int(buffer.nbytes)
-    return replace(guarded, buffers=tuple(buffers))
-
-
-def weights_table(nbytes: int) -> TensorTable:
-    return build_table([("weight", torch.arange(nbytes // 4, dtype=torch.float32))])
 
 
 def writable(address: int) -> bool:
@@ -135,9 +109,17 @@ def test_a_failing_mprotect_loads_unprotected_and_says_why(monkeypatch: pytest.M
     assert torch.equal(weight, torch.arange(25_000, dtype=torch.float32))
 
 
+SCRIPT_HEADER = """\
+import torch
+from shm_tables import stored_in_shared_memory, weights_table
+from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.plugin import LoadOptions
+"""
+
+
 def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``body`` in a fresh interpreter next to this file; fail (not hang) past ``timeout``."""
-    script = "from test_memory import *\n" + textwrap.dedent(body)
+    script = SCRIPT_HEADER + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=HERE)
 
 
@@ -148,10 +130,12 @@ def assert_explained_segfault(result: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("threads", "nbytes"),
-    [(1, 64 * 1024), (4, 256 * 1024**2)],  # the main thread; torch's intra-op worker threads (no GIL)
+    ("threads", "wanted", "minimum"),
+    # the main thread; torch's intra-op worker threads (no GIL), which split a write of 1 MiB or more
+    [(1, 64 * 1024, 64 * 1024), (4, 256 * MIB, 4 * MIB)],
 )
-def test_a_write_stops_the_process_and_names_the_fix(threads: int, nbytes: int) -> None:
+def test_a_write_stops_the_process_and_names_the_fix(threads: int, wanted: int, minimum: int) -> None:
+    nbytes = shm_size(wanted, minimum)
     result = run_script(
         f"""
         torch.set_num_threads({threads})
@@ -166,25 +150,39 @@ def test_a_write_stops_the_process_and_names_the_fix(threads: int, nbytes: int) 
 
 
 def test_a_write_from_a_thread_without_the_gil_cannot_hang_the_explainer() -> None:
-    # The writer runs in C without the GIL (memset through writable shared memory into
-    # the protected pages) while the main thread holds the GIL in a 60 s sleep (PyDLL
-    # calls keep it): a handler that needed Python would wait for the GIL until then.
+    # The writer is C that never takes the GIL: fgets() blocks on a pipe, then copies the
+    # line it reads into the protected weights. Once it is seen blocked, the main thread
+    # takes the GIL for good: through PyDLL (calls that keep the GIL) it sends the line,
+    # then sleeps 60 s. A handler that needed Python would wait for the GIL that long.
+    shm_size(2 * MIB, 2 * MIB)
     result = run_script(
         """
-        import ctypes, threading, time
-        lead = 256 * 1024**2
-        table = stored_in_shared_memory(weights_table(1024**2), first_offset=lead)
+        import ctypes, os, sys, threading, time
+        libc = ctypes.CDLL("libc.so.6")  # calls through CDLL release the GIL
+        libc.fdopen.restype = ctypes.c_void_p
+        libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        libc.fgets.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        table = stored_in_shared_memory(weights_table(1024**2))
         (weight,) = materialize(table, LoadOptions())
-        start = table.buffers[0].ctypes.data - lead
-        writer = threading.Thread(target=ctypes.memset, args=(start, 1, weight.data_ptr() + 64 - start))
+        read_end, write_end = os.pipe()
+        writer = threading.Thread(target=libc.fgets, args=(weight.data_ptr() + 64, 64, libc.fdopen(read_end, b"r")))
         writer.start()
-        time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while "pipe_read" not in open(f"/proc/self/task/{writer.native_id}/wchan").read():
+            if time.monotonic() > deadline:
+                sys.exit(3)  # the kernel does not say where the writer waits
+            time.sleep(0.01)
         print("protected", flush=True)
-        ctypes.PyDLL("libc.so.6").usleep(60_000_000)
+        line = b"written into the weights\\n"
+        held = ctypes.PyDLL("libc.so.6")
+        held.write(write_end, line, len(line))
+        held.usleep(60_000_000)
         print("not reached", flush=True)
         """,
         timeout=30,
     )
+    if result.returncode == 3:
+        pytest.skip("/proc/self/task/*/wchan does not show the writer blocked on its pipe")
     assert_explained_segfault(result)
 
 

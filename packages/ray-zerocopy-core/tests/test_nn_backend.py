@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from core_models import TiedLM, round_trip
+from shm_tables import stored_in_shared_memory
 from torch import nn
 
 from ray_zerocopy_core.backends.nn import NNBackend
@@ -183,8 +184,6 @@ def test_nested_tensor_is_refused_with_the_fix() -> None:
 
 def test_every_storage_is_aligned_for_every_dtype_after_a_store_like_rays() -> None:
     """Small buffers of a 16-byte dtype after an odd-sized one (Ray aligns buffers under 2 KiB to 8 bytes only)."""
-    from test_memory import stored_in_shared_memory
-
     module = nn.Module()
     module.register_buffer("flags", torch.tensor([1, 2, 3], dtype=torch.int8))
     module.register_buffer("small", torch.arange(5.0).to(torch.complex128))

@@ -117,7 +117,6 @@ def test_script_module_without_jit_never_falls_to_nn(fake_entry_points: list[met
     scripted = torch.jit.script(nn.Linear(2, 2))
     with pytest.raises(BackendNotInstalledError, match=r"RecursiveScriptModule.*pip install 'ray-zerocopy\[jit\]'"):
         registry.backend_for(scripted)
-    assert issubclass(BackendNotInstalledError, ImportError)
 
 
 def test_broken_jit_plugin_is_not_replaced_by_nn(fake_entry_points: list[metadata.EntryPoint]) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import warnings
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -110,7 +110,7 @@ def test_static_program_still_checks_its_shapes() -> None:
     static = export_tower(dynamic=False)
     rebuilt = round_trip(static)
     assert torch.equal(rebuilt(X), static.module()(X))
-    with pytest.raises(Exception, match=r"(?i)shape|size|guard|expected"):
+    with pytest.raises(AssertionError, match=r"Guard failed: tokens\.size\(\)\[0\] == 4"):
         rebuilt(tokens(5))
 
 
@@ -164,17 +164,16 @@ def test_skeleton_holds_no_weight_bytes(program: ExportedProgram) -> None:
 
 
 def test_skeleton_size_does_not_grow_with_the_weights() -> None:
-    small = export_mlp(512)  # 4 MiB of weights
-    large = export_mlp(4096)  # 256 MiB of weights
-    assert 4 * 1024**2 <= sum(t.nbytes for t in small.state_dict.values()) < 5 * 1024**2
+    small = export_mlp(64)  # 64 KiB of weights
+    large = export_mlp(1024)  # 16 MiB of weights: about 250 times as much
     large_bytes = sum(t.nbytes for t in large.state_dict.values())
-    assert 256 * 1024**2 <= large_bytes < 257 * 1024**2
+    assert large_bytes >= 200 * sum(t.nbytes for t in small.state_dict.values())
     small_skeleton = payload_of(small).skeleton
     large_payload = payload_of(large)
     assert large_payload.table.nbytes >= large_bytes
-    assert len(large_payload.skeleton) < 1024**2
-    assert abs(len(large_payload.skeleton) - len(small_skeleton)) <= 64 * 1024
-    x = torch.randn(3, 4096)
+    assert len(large_payload.skeleton) < 64 * 1024
+    assert abs(len(large_payload.skeleton) - len(small_skeleton)) <= 4 * 1024
+    x = torch.randn(3, 1024)
     assert torch.equal(ExportBackend().rebuild(large_payload, LoadOptions())(x), large.module()(x))
 
 
@@ -203,8 +202,9 @@ def test_extract_leaves_the_program_as_it_was(program: ExportedProgram) -> None:
 
 
 def test_no_torchscript_call(program: ExportedProgram, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = inspect.getsource(backend_module)
-    assert "torch.jit" not in source and "import jit" not in source
+    # Nothing of torch.jit bound in the module (a name imported from it escapes the patch below).
+    bound = [name for name, value in vars(backend_module).items() if _from_torch_jit(value)]
+    assert not bound, bound
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the export backend called TorchScript")
@@ -212,6 +212,12 @@ def test_no_torchscript_call(program: ExportedProgram, monkeypatch: pytest.Monke
     for name in ("save", "load", "script", "trace", "freeze"):
         monkeypatch.setattr(torch.jit, name, refuse)
     assert torch.equal(round_trip(program)(X), program.module()(X))
+
+
+def _from_torch_jit(value: Any) -> bool:
+    """Whether ``value`` is ``torch.jit``, one of its modules, or something defined there."""
+    name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+    return isinstance(name, str) and (name == "torch.jit" or name.startswith(("torch.jit.", "torch._C._jit")))
 
 
 def test_meta_weights_are_refused_with_the_fix() -> None:
@@ -250,7 +256,6 @@ def test_find_slots_lists_each_tensor_once(program: ExportedProgram) -> None:
     assert len(slots) == len(program.state_dict) + len(program.constants)
     assert len(tensors) == len(slots) - 1  # head.weight is embed.weight
     assert {s.name for s in slots if s.is_parameter} == set(program.graph_signature.parameters)
-    assert program.state_dict["proj.weight"].shape[0] == DIM
 
 
 @dataclass

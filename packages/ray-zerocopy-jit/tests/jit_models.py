@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -42,25 +44,28 @@ def trained_tower(dim: int = 16) -> Tower:
     return model.eval()
 
 
+#: torch's warning on every ``torch.jit`` entry point (script, trace, save, load, freeze...).
+TORCHSCRIPT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+
+
+@contextmanager
+def torchscript_allowed() -> Iterator[None]:
+    """Inside the block, torch's TorchScript deprecation warning is not shown (others are)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATION, category=DeprecationWarning)
+        yield
+
+
 def script(model: nn.Module) -> torch.jit.ScriptModule:
     """``torch.jit.script`` without torch's deprecation warning in the test log."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torchscript_allowed():
         return torch.jit.script(model)
 
 
 def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` without torch's deprecation warning in the test log."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torchscript_allowed():
         return torch.jit.trace(model, example)
-
-
-def freeze(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """``torch.jit.freeze`` without torch's deprecation warning in the test log."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.freeze(model.eval())
 
 
 def round_trip(model: Any, **options: Any) -> Any:

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from jit_models import Tower, freeze, payload_of, round_trip, script, trace, trained_tower
+from jit_models import Tower, payload_of, round_trip, script, torchscript_allowed, trace, trained_tower
 from torch import nn
 
 from ray_zerocopy_core.errors import UnsupportedModelError
@@ -181,8 +181,7 @@ def test_extract_restores_the_weights_when_saving_fails(monkeypatch: pytest.Monk
 
 def test_module_loaded_from_a_file_round_trips(script_module: torch.jit.ScriptModule) -> None:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torchscript_allowed():
         torch.jit.save(script_module, buffer)
         buffer.seek(0)
         loaded = torch.jit.load(buffer)
@@ -207,9 +206,8 @@ def test_fast_load_runs_the_same(script_module: torch.jit.ScriptModule) -> None:
 @pytest.mark.parametrize("how", ["freeze", "optimize_for_inference"])
 def test_frozen_module_is_refused_with_the_fix(how: str) -> None:
     module = script(trained_tower())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        frozen = freeze(module) if how == "freeze" else torch.jit.optimize_for_inference(module.eval())
+    with torchscript_allowed():
+        frozen = torch.jit.freeze(module.eval()) if how == "freeze" else torch.jit.optimize_for_inference(module.eval())
     with pytest.raises(UnsupportedModelError, match="frozen") as info:
         payload_of(frozen)
     assert "before freezing" in str(info.value)

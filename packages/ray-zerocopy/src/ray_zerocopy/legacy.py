@@ -298,9 +298,7 @@ class Family:
         self._check_script_module(function, model)
         payload = backend_for(model).extract(model)
         table = payload.table
-        weightless = ModelPayload(
-            payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.nbytes)
-        )
+        weightless = ModelPayload(payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.nbytes))
         tensors = OrderedDict((f"storage_{i}", buffer) for i, buffer in enumerate(table.storages))
         return pickle.dumps(weightless), tensors
 

@@ -1,86 +1,42 @@
 """Without the jit package: TorchScript entry points name the install command; core still works.
 
-The missing distribution is simulated in-process: a ``sys.meta_path`` blocker makes
-``ray_zerocopy_jit`` unimportable and the ``jit`` entry point is filtered out of
-``importlib.metadata.entry_points``. Everything is restored after each test.
+The missing distribution is simulated in-process (``not_installed``: an import blocker
+and the ``jit`` entry point filtered out); everything is restored after each test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-import warnings
 from collections.abc import Iterator
-from importlib import metadata
-from importlib.abc import MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-from typing import Any
 
 import pytest
 import torch
+from models import script
+from not_installed import not_installed
 from torch import nn
 
 from ray_zerocopy_core.plugin import LoadOptions
-from ray_zerocopy_core.registry import ENTRY_POINT_GROUP, reset_registry
 
 HINT = "pip install 'ray-zerocopy[jit]'"
 BLOCKED = "ray_zerocopy_jit"
 
 
-class _BlockJit(MetaPathFinder):
-    """Finds ``ray_zerocopy_jit`` (and submodules) only to refuse them, as if not installed."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
-        if fullname == BLOCKED or fullname.startswith(BLOCKED + "."):
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-def _is_jit_module(name: str) -> bool:
-    return name == BLOCKED or name.startswith(BLOCKED + ".") or name.startswith("ray_zerocopy.jit")
+def jit_not_installed() -> contextlib.AbstractContextManager[None]:
+    """This process as if ``ray-zerocopy-jit`` were not installed (``ray_zerocopy.jit`` imported afresh)."""
+    return not_installed(BLOCKED, importers=("ray_zerocopy.jit",))
 
 
 @pytest.fixture
-def without_jit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process as if ``ray-zerocopy-jit`` were not installed."""
-    import ray_zerocopy
-
-    saved_modules = {name: module for name, module in sys.modules.items() if _is_jit_module(name)}
-    saved_attr = ray_zerocopy.__dict__.get("jit")
-    for name in saved_modules:
-        del sys.modules[name]
-    ray_zerocopy.__dict__.pop("jit", None)
-
-    real_entry_points = metadata.entry_points
-
-    def entry_points_without_jit(**params: Any) -> Any:
-        found = real_entry_points(**params)
-        if params.get("group") == ENTRY_POINT_GROUP:
-            return metadata.EntryPoints(ep for ep in found if not ep.value.startswith(BLOCKED))
-        return found
-
-    monkeypatch.setattr(metadata, "entry_points", entry_points_without_jit)
-    blocker = _BlockJit()
-    sys.meta_path.insert(0, blocker)
-    reset_registry()
-    try:
+def without_jit() -> Iterator[None]:
+    """This process as if ``ray-zerocopy-jit`` were not installed, for one test."""
+    with jit_not_installed():
         yield
-    finally:
-        sys.meta_path.remove(blocker)
-        for name in [name for name in sys.modules if _is_jit_module(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved_modules)
-        if saved_attr is not None:
-            ray_zerocopy.jit = saved_attr  # type: ignore[attr-defined]
-        monkeypatch.undo()
-        reset_registry()
 
 
 def _script_module() -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(nn.Linear(4, 4))
+    return script(nn.Linear(4, 4))
 
 
 @pytest.mark.usefixtures("without_jit")
@@ -151,5 +107,12 @@ def test_everything_is_back_afterwards() -> None:
     import ray_zerocopy
     import ray_zerocopy.jit
 
-    assert ray_zerocopy.JITActorWrapper is ray_zerocopy.jit.JITActorWrapper
+    module, before = sys.modules["ray_zerocopy.jit"], ray_zerocopy.jit.JITActorWrapper
+    with jit_not_installed():
+        assert "jit" not in ray_zerocopy.backend_names()
+        with pytest.raises(ImportError):
+            importlib.import_module("ray_zerocopy.jit")
+    assert sys.modules["ray_zerocopy.jit"] is module and ray_zerocopy.jit is module  # the same objects, not re-imported
+    assert ray_zerocopy.JITActorWrapper is before
+    assert "jit" in ray_zerocopy.backend_names()
     assert ray_zerocopy.backend_for(_script_module()).name == "jit"
