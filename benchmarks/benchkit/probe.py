@@ -33,7 +33,6 @@ from benchkit.memory import (
     object_store_bytes_used,
     private_bytes,
     shared_fraction,
-    trim_heap,
     wait_for_quiet,
 )
 from benchkit.methods import METHODS, Method
@@ -47,6 +46,7 @@ from benchkit.models import (
     trace,
     weight_bytes,
 )
+from ray_zerocopy_core.process_memory import trim_heap
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
 
