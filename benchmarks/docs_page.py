@@ -190,6 +190,12 @@ plus one copy of their bytes). Each method starts with the files out of the page
 in its own fresh process on a new Ray. `-- --scale-gib 10` is the scale point (not in
 CI): a 10 GiB checkpoint loaded in 4 actors, with the peak node memory.
 """,
+    "checkpoint-scale": """## Scale point: a 10 GiB checkpoint on a 24 GiB machine
+
+`nox -s bench_checkpoint -- --scale-gib 10 --out DIR`, its `checkpoint.md` saved here as
+`checkpoint-scale.md`: the floor and `Checkpoint` only (the plain PyTorch path would need
+about three times the weights, more than the machine has), then 4 actors load the stored model.
+""",
 }
 
 
