@@ -248,7 +248,7 @@ class ModelWrapper:
 
         They match :func:`ray_zerocopy.load_pipeline_in_actor`'s parameters: always
         ``pipeline_skeleton``, ``model_refs``, ``device`` and ``use_fast_load`` (the four
-        constructors written for earlier versions take), plus ``writable`` and
+        that constructor protocol takes), plus ``writable`` and
         ``prefault`` when the wrapper sets them, so that a constructor which cannot take
         them fails loudly instead of silently loading shared, read-only weights. Most
         code passes the wrapper itself instead and calls :meth:`load`.
