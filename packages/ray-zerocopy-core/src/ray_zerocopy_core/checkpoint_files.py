@@ -266,11 +266,6 @@ class CheckpointFiles:
             f"state dict ({', '.join(TORCH_SUFFIXES)})."
         )
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensor data in the files."""
-        return sum(t.tensor.numel() * t.tensor.element_size() for t in self.tensors.values())
-
     def close(self) -> None:
         """Drop every view, unmap the files and drop their pages from the page cache.
 
@@ -331,9 +326,6 @@ class ConversionSpool:
         self._layout: list[tuple[int, torch.dtype, tuple[int, ...]]] = []
         self._size = 0
         self._mapping: mmap.mmap | None = None
-
-    def __len__(self) -> int:
-        return len(self._layout)
 
     def add(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> int:
         """Write ``tensor`` (as ``dtype``, its own by default); return its position for :meth:`tensors`."""

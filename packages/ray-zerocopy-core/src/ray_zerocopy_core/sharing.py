@@ -16,7 +16,7 @@ import ray
 from ray_zerocopy_core.backends.nn import NNBackend
 from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
 from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.plugin import Backend
+from ray_zerocopy_core.plugin import Backend, ModelPayload
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend, get_backend
 from ray_zerocopy_core.store import fetch_payload, put_payload
 
@@ -32,10 +32,18 @@ def require_backend(value: Any) -> Backend:
 
 
 def share_model(model: Any, backend: Backend, what: str = "model") -> tuple[ray.ObjectRef, int]:
-    """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes."""
+    """Store ``model`` as ``backend`` splits it; return its ObjectRef and its weight bytes.
+
+    A checkpoint's bytes are copied from its files into the store once; the files are
+    unmapped and their cached pages dropped before this returns.
+    """
     if isinstance(model, Checkpoint):
-        return share_checkpoint(model, backend, what)
-    payload = backend.extract(model)
+        with CheckpointReader(model) as reader:
+            return _store(reader.payload(), backend, what)  # no view of the files outlives the put
+    return _store(backend.extract(model), backend, what)
+
+
+def _store(payload: ModelPayload, backend: Backend, what: str) -> tuple[ray.ObjectRef, int]:
     payload.backend_locator = backend_locator(backend)
     return put_payload(payload, what=what), payload.table.nbytes
 
@@ -44,16 +52,3 @@ def rebuild_model(ref_or_payload: Any, options: LoadOptions) -> Any:
     """Fetch a stored model and rebuild it with the backend that stored it."""
     payload = fetch_payload(ref_or_payload)
     return get_backend(payload.backend, locator=payload.backend_locator or None).rebuild(payload, options)
-
-
-def share_checkpoint(checkpoint: Checkpoint, backend: Backend, what: str = "model") -> tuple[ray.ObjectRef, int]:
-    """Store the model ``checkpoint`` describes, its bytes copied from the files into the store once.
-
-    The files are unmapped and their cached pages dropped before this returns.
-    """
-    with CheckpointReader(checkpoint) as reader:
-        payload = reader.payload()
-        payload.backend_locator = backend_locator(backend)
-        stored = put_payload(payload, what=what), payload.table.nbytes
-        del payload  # the last view of the files: they can be unmapped now
-    return stored
