@@ -39,7 +39,7 @@ class Probed(nn.Module):
 
     def probe(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
         """The output for ``x``, with the worker's pid, its cache misses, and whether the weights are shared."""
-        from ray_zerocopy_core.modes.task import worker_cache
+        from ray_zerocopy_core.task_mode import worker_cache
 
         return self(x), os.getpid(), worker_cache().misses, aliases_object_store(self.linear.weight)
 

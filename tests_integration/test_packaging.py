@@ -206,7 +206,7 @@ def test_backend_wheels_pin_core(wheels: dict[str, zipfile.ZipFile]) -> None:
 def test_core_and_backend_wheels_declare_their_backends(wheels: dict[str, zipfile.ZipFile]) -> None:
     core = read(wheels[CORE], ".dist-info/entry_points.txt")
     jit = read(wheels["ray-zerocopy-jit"], ".dist-info/entry_points.txt")
-    assert f"[{BACKEND_GROUP}]\nnn = ray_zerocopy_core.backends.nn:NNBackend" in core
+    assert f"[{BACKEND_GROUP}]\nnn = ray_zerocopy_core.nn_backend:NNBackend" in core
     assert f"[{BACKEND_GROUP}]\njit = ray_zerocopy_jit.backend:JITBackend" in jit
     for package in PACKAGES:
         name = project_table(package)["name"]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from benchkit.memory import PeakSampler, object_store_bytes_used
-from ray_zerocopy_core.checkpoint_files import drop_page_cache
+from ray_zerocopy_core.checkpoint.files import drop_page_cache
 from ray_zerocopy_core.inspection import cached_file_bytes
 from ray_zerocopy_core.process_memory import anonymous_memory_bytes, trim_heap
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ray_zerocopy_core.backends.nn import NNBackend
+from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.plugin import LoadOptions
 
 

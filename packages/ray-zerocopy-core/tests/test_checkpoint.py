@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ray_zerocopy_core import Checkpoint, CheckpointError, CheckpointNotFoundError, InvalidOptionError
-from ray_zerocopy_core.backends.nn import NNBackend
-from ray_zerocopy_core.checkpoint import CheckpointReader, parameters_on_meta
-from ray_zerocopy_core.checkpoint_files import SAFETENSORS_DTYPES, CheckpointFiles
-from ray_zerocopy_core.checkpoint_transformers import transformers_class
+from ray_zerocopy_core.checkpoint.files import SAFETENSORS_DTYPES, CheckpointFiles
+from ray_zerocopy_core.checkpoint.huggingface import transformers_class
+from ray_zerocopy_core.checkpoint.reader import CheckpointReader, parameters_on_meta
 from ray_zerocopy_core.inspection import cached_file_bytes
+from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.options import LoadOptions
 
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}

@@ -10,8 +10,8 @@ from core_models import TiedLM, round_trip
 from shm_tables import stored_in_shared_memory
 from torch import nn
 
-from ray_zerocopy_core.backends.nn import NNBackend
 from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.plugin import LoadOptions
 
 ALL_DTYPES = [

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ray_zerocopy_core import registry
-from ray_zerocopy_core.backends.nn import NNBackend
 from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, InvalidBackendError, InvalidOptionError
+from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.plugin import LoadOptions, ModelPayload
 
 
@@ -53,13 +53,13 @@ def fake_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[metadata
     registry.reset_registry()
 
 
-NN = entry_point("nn", "ray_zerocopy_core.backends.nn:NNBackend")
+NN = entry_point("nn", "ray_zerocopy_core.nn_backend:NNBackend")
 
 
 def test_core_declares_nn_through_its_entry_point() -> None:
     registry.reset_registry()
     installed = {ep.name: ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
-    assert installed["nn"] == "ray_zerocopy_core.backends.nn:NNBackend"
+    assert installed["nn"] == "ray_zerocopy_core.nn_backend:NNBackend"
     assert isinstance(registry.get_backend("nn"), NNBackend)
 
 
@@ -166,4 +166,4 @@ def test_a_stale_locator_falls_back_to_discovery(fake_entry_points: list[metadat
     backend = registry.get_backend("nn", locator="moved_away_module:NNBackend")
     assert isinstance(backend, NNBackend)
     with pytest.raises(BackendError, match="No ray-zerocopy backend named 'special'"):
-        registry.get_backend("special", locator="ray_zerocopy_core.backends.nn:NNBackend")  # name mismatch
+        registry.get_backend("special", locator="ray_zerocopy_core.nn_backend:NNBackend")  # name mismatch

@@ -29,7 +29,6 @@ from ray_zerocopy_core.errors import (
     ZeroCopyError,
 )
 from ray_zerocopy_core.inspection import aliases_object_store
-from ray_zerocopy_core.modes.task import RemoteModel
 from ray_zerocopy_core.named import (
     PublishedModel,
     get_or_publish,
@@ -49,6 +48,7 @@ from ray_zerocopy_core.registry import (
     register_backend,
 )
 from ray_zerocopy_core.representation import TensorEntry, TensorTable
+from ray_zerocopy_core.task_mode import RemoteModel
 from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
 
 #: This distribution's release (``0+unknown`` in a source tree that is not installed).

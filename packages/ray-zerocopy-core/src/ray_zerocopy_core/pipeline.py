@@ -25,8 +25,9 @@ from ray import cloudpickle
 
 from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, PipelineError, WrapperReleasedError
+from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.plugin import Backend, split_tensors
-from ray_zerocopy_core.sharing import model_backend, require_backend, share_model
+from ray_zerocopy_core.sharing import model_backend, rebuild_model, require_backend, share_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
 BARE_MODEL = ""
@@ -393,3 +394,16 @@ class SharedPipeline:
         state = dict(self.__dict__)
         state.update(skeleton=self.pickled_skeleton(), local=None, _models={})
         return state
+
+
+def load_pipeline(shared: SharedPipeline, options: LoadOptions) -> Any:
+    """Actor mode: rebuild every model of ``shared`` in the calling process and return the assembled pipeline.
+
+    On the CPU each model's tensors alias the node's object store, so N actors share one copy.
+
+    Raises:
+        WrapperReleasedError: the wrapper's models were released.
+        WeightsUnavailableError: the stored weights' owner is gone.
+    """
+    shared.check_available()
+    return shared.assemble({name: rebuild_model(ref, options) for name, ref in shared.refs.items()})

@@ -41,8 +41,8 @@ from torch import nn
 from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.options import LoadOptions
+from ray_zerocopy_core.pickling import join_tensors, split_tensors
 from ray_zerocopy_core.representation import TensorEntry, TensorTable, build_table, check_shareable
-from ray_zerocopy_core.skeleton import join_tensors, split_tensors
 from ray_zerocopy_core.slots import TensorSlot, index_tensors
 
 #: The entry-point group under which distributions declare backends (``name = "module:Class"``).

@@ -13,8 +13,9 @@ from typing import Any
 
 import ray
 
-from ray_zerocopy_core.backends.nn import NNBackend
-from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
+from ray_zerocopy_core.checkpoint import Checkpoint
+from ray_zerocopy_core.checkpoint.reader import CheckpointReader
+from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.plugin import Backend, ModelPayload
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend, get_backend

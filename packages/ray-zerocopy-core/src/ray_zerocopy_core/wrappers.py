@@ -17,10 +17,9 @@ import torch
 
 from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import InvalidOptionError, UnknownMethodError, WrongModeError
-from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.modes.task import rewrite_for_tasks
 from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.pipeline import SharedPipeline
+from ray_zerocopy_core.pipeline import SharedPipeline, load_pipeline
+from ray_zerocopy_core.task_mode import rewrite_for_tasks
 
 Mode = Literal["actor", "task"]
 _MODES = ("actor", "task")

@@ -1,7 +1,7 @@
 """The eager backend: ``torch.nn.Module`` (and any picklable object holding tensors).
 
 The skeleton is the model pickled with its tensors factored out
-(:mod:`ray_zerocopy_core.skeleton`); rebuild unpickles it with zero-copy views of the
+(:mod:`ray_zerocopy_core.pickling`); rebuild unpickles it with zero-copy views of the
 stored bytes in place of the tensors, so parameters that were one object are one
 object again and views of one storage share it again.
 """

@@ -24,7 +24,7 @@ the models published to it. By default every name goes to one shared holder
 (:data:`DEFAULT_HOLDER`), so a node pays for one extra process however many models it
 publishes; ``holder="..."`` puts a model in a holder of its own, which then lives and
 dies independently. A holder never imports torch nor touches a model (see
-:mod:`ray_zerocopy_core._holder`): the objects it owns are written by short Ray tasks it
+:mod:`ray_zerocopy_core.named.holder`): the objects it owns are written by short Ray tasks it
 starts, whose return values Ray makes the holder own. Given a model, the caller stores
 it and a task copies each stored object, store to store, into a return object of the
 holder's (Ray 2.56 and later cannot hand an object's ownership to another process);
@@ -51,8 +51,8 @@ import ray
 import torch
 from ray import cloudpickle
 
-from ray_zerocopy_core import _holder
-from ray_zerocopy_core.checkpoint import Checkpoint, CheckpointReader
+from ray_zerocopy_core.checkpoint import Checkpoint
+from ray_zerocopy_core.checkpoint.reader import CheckpointReader
 from ray_zerocopy_core.errors import (
     HolderUnavailableError,
     InvalidLoaderError,
@@ -60,8 +60,8 @@ from ray_zerocopy_core.errors import (
     ModelNotPublishedError,
     WeightsUnavailableError,
 )
-from ray_zerocopy_core.modes.actor import load_pipeline
-from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models
+from ray_zerocopy_core.named import holder as _holder
+from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models, load_pipeline
 from ray_zerocopy_core.plugin import LoadOptions
 from ray_zerocopy_core.process_memory import trim_heap
 from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend

@@ -1,1 +1,0 @@
-"""Execution modes: how a rebuilt model is used (``actor`` or ``task``)."""
