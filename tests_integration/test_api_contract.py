@@ -16,6 +16,7 @@ from not_installed import not_installed
 from torch import nn
 
 import ray_zerocopy
+import ray_zerocopy_core.registry
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper, ZeroCopyError
 from ray_zerocopy_core import errors, plugin
 from ray_zerocopy_core.errors import FormatVersionError
@@ -42,9 +43,9 @@ def test_fixed_mode_wrappers_refuse_the_other_mode_and_default_to_theirs() -> No
     model = nn.Linear(4, 4)
     assert type(ActorWrapper.from_model(model)) is ActorWrapper and ActorWrapper.from_model(model).mode == "actor"
     assert TaskWrapper.from_model(model).mode == "task"
-    with pytest.raises(ray_zerocopy.WrongModeError, match="TaskWrapper"):
+    with pytest.raises(ray_zerocopy.errors.WrongModeError, match="TaskWrapper"):
         ActorWrapper.from_model(model, mode="task")
-    with pytest.raises(ray_zerocopy.WrongModeError, match="ActorWrapper"):
+    with pytest.raises(ray_zerocopy.errors.WrongModeError, match="ActorWrapper"):
         TaskWrapper.from_model(model, mode="actor")
     assert ModelWrapper.from_model(model, mode="task").mode == "task"
 
@@ -107,8 +108,8 @@ def _calls() -> dict[str, tuple[Callable[[], Any], type[BaseException]]]:
         "calling an actor wrapper": (lambda: actor_wrapper(torch.ones(2)), TypeError),
         "attribute of an actor wrapper": (lambda: actor_wrapper.forward, AttributeError),
         "unknown task method": (lambda: task_wrapper.load().encode, AttributeError),
-        "unknown backend name": (lambda: ray_zerocopy.get_backend("nope"), LookupError),
-        "registering a non-backend": (lambda: ray_zerocopy.register_backend(object()), TypeError),  # type: ignore[arg-type]
+        "unknown backend name": (lambda: ray_zerocopy_core.registry.get_backend("nope"), LookupError),
+        "registering a non-backend": (lambda: ray_zerocopy_core.registry.register_backend(object()), TypeError),  # type: ignore[arg-type]
         "released wrapper": (lambda: released.load(), RuntimeError),
         "unknown published name": (lambda: ray_zerocopy.load_published("no-such-model-here"), LookupError),
         "empty published name": (lambda: ray_zerocopy.publish(" ", nn.Linear(2, 2)), ValueError),

@@ -19,15 +19,8 @@ from not_installed import not_installed
 from torch import nn
 
 import ray_zerocopy
-from ray_zerocopy import (
-    ActorWrapper,
-    BackendNotInstalledError,
-    ModelWrapper,
-    PipelineError,
-    TaskWrapper,
-    UnsupportedModelError,
-    WrongModeError,
-)
+from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
+from ray_zerocopy.errors import BackendNotInstalledError, PipelineError, UnsupportedModelError, WrongModeError
 from ray_zerocopy_core.inspection import aliases_object_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")

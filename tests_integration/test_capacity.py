@@ -18,13 +18,8 @@ from models import MIB, Loaded
 from object_store import store_bytes_used, store_stats, wait_for_store_at_most
 from torch import nn
 
-from ray_zerocopy import (
-    ActorWrapper,
-    ModelWrapper,
-    ObjectStoreCapacityError,
-    TaskWrapper,
-    WrapperReleasedError,
-)
+from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
+from ray_zerocopy.errors import ObjectStoreCapacityError, WrapperReleasedError
 
 GIB = 1024**3
 STORE = 128 * MIB

@@ -30,14 +30,13 @@ from torch import nn
 from ray_zerocopy import (
     ActorWrapper,
     Checkpoint,
-    CheckpointError,
-    CheckpointNotFoundError,
     ModelWrapper,
     TaskWrapper,
     aliases_object_store,
     load_published,
     unpublish,
 )
+from ray_zerocopy.errors import CheckpointError, CheckpointNotFoundError
 from ray_zerocopy_core.inspection import cached_file_bytes
 from ray_zerocopy_core.process_memory import anonymous_memory_bytes
 

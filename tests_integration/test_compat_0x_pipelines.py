@@ -254,7 +254,8 @@ def test_load_accepts_0x_use_fast_load_spelling_with_a_warning() -> None:
 
 
 def test_deserialize_keeps_the_class_mode() -> None:
-    from ray_zerocopy import ActorWrapper, WrongModeError
+    from ray_zerocopy import ActorWrapper
+    from ray_zerocopy.errors import WrongModeError
 
     parts = ModelWrapper.from_model(nn.Linear(4, 4), mode="task").serialize()
     assert TaskWrapper.deserialize(**{**parts, "mode": "task"}).mode == "task"

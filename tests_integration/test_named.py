@@ -24,14 +24,8 @@ from object_store import store_bytes_used, wait_for_store
 from torch import nn
 
 import ray_zerocopy
-from ray_zerocopy import (
-    ModelNotPublishedError,
-    get_or_publish,
-    list_published,
-    load_published,
-    publish,
-    unpublish,
-)
+from ray_zerocopy import get_or_publish, list_published, load_published, publish, unpublish
+from ray_zerocopy.errors import ModelNotPublishedError
 from ray_zerocopy_core.named import NAMESPACE, holder_private_memory
 
 pytestmark = pytest.mark.usefixtures("ray_local", "one_thread")  # references on one thread, as in workers

@@ -15,6 +15,7 @@ from torch import nn
 import ray_zerocopy
 import ray_zerocopy.actor
 import ray_zerocopy.invoke
+import ray_zerocopy_core.task_mode
 from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
 from ray_zerocopy_core.inspection import aliases_object_store
 
@@ -175,7 +176,7 @@ def test_task_mode_pipeline_keeps_plain_attributes_and_task_options() -> None:
     assert wrapped.scale == 3.0
     assert torch.equal(wrapped(x), pipeline(x))
     rewritten = ModelWrapper.from_model(pipeline, mode="task").load()
-    assert isinstance(rewritten.encoder, ray_zerocopy.RemoteModel)
+    assert isinstance(rewritten.encoder, ray_zerocopy_core.task_mode.RemoteModel)
     assert torch.equal(rewritten(x), pipeline(x))
 
 
@@ -220,15 +221,15 @@ def test_legacy_task_and_actor_functions_warn_and_work(lm: TiedLM) -> None:
 
 def test_wrong_mode_and_bad_arguments_say_what_to_do(lm: TiedLM) -> None:
     actor_wrapper = ActorWrapper(lm)
-    with pytest.raises(ray_zerocopy.WrongModeError, match=r"actor mode.*\.load\(\)"):
+    with pytest.raises(ray_zerocopy.errors.WrongModeError, match=r"actor mode.*\.load\(\)"):
         actor_wrapper(torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="mode must be 'actor' or 'task'"):
         ModelWrapper.from_model(lm, mode="tasks")  # type: ignore[arg-type]
-    with pytest.raises(ray_zerocopy.WrongModeError, match="task mode only"):
+    with pytest.raises(ray_zerocopy.errors.WrongModeError, match="task mode only"):
         ModelWrapper.from_model(lm, mode="actor", method_names=["encode"])
-    with pytest.raises(ray_zerocopy.PipelineError, match="No model found.*model_attr_names"):
+    with pytest.raises(ray_zerocopy.errors.PipelineError, match="No model found.*model_attr_names"):
         ActorWrapper(object.__new__(Pipeline))
-    with pytest.raises(ray_zerocopy.PipelineError, match="has no attribute 'missing'"):
+    with pytest.raises(ray_zerocopy.errors.PipelineError, match="has no attribute 'missing'"):
         ActorWrapper(Pipeline(), model_attr_names=["missing"])
 
 

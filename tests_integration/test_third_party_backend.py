@@ -21,9 +21,10 @@ import torch
 from environment import local_ray, on_path
 from torch import nn
 
-from ray_zerocopy import ActorWrapper, ModelWrapper, backend_for, backend_names
+from ray_zerocopy import ActorWrapper, ModelWrapper
 from ray_zerocopy_core import registry
 from ray_zerocopy_core.inspection import aliases_object_store
+from ray_zerocopy_core.registry import backend_for, backend_names
 
 FIXTURE = Path(__file__).parent / "fixtures" / "toy-backend"
 

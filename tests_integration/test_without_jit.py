@@ -17,6 +17,7 @@ from models import script
 from not_installed import not_installed
 from torch import nn
 
+import ray_zerocopy_core.registry
 from ray_zerocopy_core.plugin import LoadOptions
 
 HINT = "pip install 'ray-zerocopy[jit]'"
@@ -65,7 +66,9 @@ def test_jit_modules_name_the_install_command(module: str) -> None:
 
 @pytest.mark.usefixtures("without_jit")
 def test_script_module_gets_backend_not_installed() -> None:
-    from ray_zerocopy import BackendNotInstalledError, ModelWrapper, find_backend
+    from ray_zerocopy import ModelWrapper
+    from ray_zerocopy.errors import BackendNotInstalledError
+    from ray_zerocopy_core.registry import find_backend
 
     script_module = _script_module()
     with pytest.raises(BackendNotInstalledError) as info:
@@ -78,7 +81,8 @@ def test_script_module_gets_backend_not_installed() -> None:
 
 @pytest.mark.usefixtures("without_jit")
 def test_script_module_in_a_pipeline_is_not_shared_as_eager() -> None:
-    from ray_zerocopy import BackendNotInstalledError, ModelWrapper
+    from ray_zerocopy import ModelWrapper
+    from ray_zerocopy.errors import BackendNotInstalledError
 
     class Pipeline:
         def __init__(self) -> None:
@@ -91,11 +95,10 @@ def test_script_module_in_a_pipeline_is_not_shared_as_eager() -> None:
 
 @pytest.mark.usefixtures("without_jit")
 def test_the_rest_of_ray_zerocopy_works() -> None:
-    import ray_zerocopy
 
-    assert "jit" not in ray_zerocopy.backend_names()
+    assert "jit" not in ray_zerocopy_core.registry.backend_names()
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
-    backend = ray_zerocopy.backend_for(model)
+    backend = ray_zerocopy_core.registry.backend_for(model)
     assert backend.name == "nn"
     rebuilt = backend.rebuild(backend.extract(model), LoadOptions())
     x = torch.randn(2, 4)
@@ -109,10 +112,10 @@ def test_everything_is_back_afterwards() -> None:
 
     module, before = sys.modules["ray_zerocopy.jit"], ray_zerocopy.jit.JITActorWrapper
     with jit_not_installed():
-        assert "jit" not in ray_zerocopy.backend_names()
+        assert "jit" not in ray_zerocopy_core.registry.backend_names()
         with pytest.raises(ImportError):
             importlib.import_module("ray_zerocopy.jit")
     assert sys.modules["ray_zerocopy.jit"] is module and ray_zerocopy.jit is module  # the same objects, not re-imported
     assert ray_zerocopy.JITActorWrapper is before
-    assert "jit" in ray_zerocopy.backend_names()
-    assert ray_zerocopy.backend_for(_script_module()).name == "jit"
+    assert "jit" in ray_zerocopy_core.registry.backend_names()
+    assert ray_zerocopy_core.registry.backend_for(_script_module()).name == "jit"

@@ -14,7 +14,8 @@ import ray
 import torch
 from embedding_table_backend import EmbeddingTable
 
-from ray_zerocopy import ActorWrapper, TaskWrapper, backend_for, backend_names
+from ray_zerocopy import ActorWrapper, TaskWrapper
+from ray_zerocopy_core.registry import backend_for, backend_names
 
 
 @ray.remote(num_cpus=0.5)

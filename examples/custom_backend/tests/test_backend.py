@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from embedding_table_backend import EmbeddingTable, EmbeddingTableBackend
 
-from ray_zerocopy_core import Backend, LoadOptions, backend_for, backend_names
+from ray_zerocopy_core.options import LoadOptions
+from ray_zerocopy_core.plugin import Backend
+from ray_zerocopy_core.registry import backend_for, backend_names
 
 
 def make_table() -> EmbeddingTable:

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from ray_zerocopy_core import Checkpoint, CheckpointError, CheckpointNotFoundError, InvalidOptionError
+from ray_zerocopy_core import Checkpoint
 from ray_zerocopy_core.checkpoint.files import SAFETENSORS_DTYPES, CheckpointFiles
 from ray_zerocopy_core.checkpoint.huggingface import transformers_class
 from ray_zerocopy_core.checkpoint.reader import CheckpointReader, parameters_on_meta
+from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError, InvalidOptionError
 from ray_zerocopy_core.inspection import cached_file_bytes
 from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.options import LoadOptions

@@ -23,7 +23,7 @@ import ray_zerocopy.jit.invoke
 import ray_zerocopy.legacy as legacy
 import ray_zerocopy_core
 import ray_zerocopy_jit
-from ray_zerocopy import UnsupportedModelError
+from ray_zerocopy.errors import UnsupportedModelError
 
 EAGER = ["load_model_in_actor", "load_pipeline_in_actor", "prepare_model_for_actors", "rewrite_pipeline"]
 EAGER += ["rewrite_pipeline_for_actors"]
@@ -32,7 +32,7 @@ EAGER += ["rewrite_pipeline_for_actors"]
 def test_every_old_import_path_reaches_the_one_implementation() -> None:
     for name in EAGER:
         assert getattr(ray_zerocopy, name) is getattr(legacy, name)
-        assert name in ray_zerocopy.__all__
+        assert name not in ray_zerocopy.__all__  # reachable, with its warning, but not advertised
     assert ray_zerocopy.invoke.rewrite_pipeline is legacy.rewrite_pipeline
     assert ray_zerocopy.actor.load_pipeline_in_actor is legacy.load_pipeline_in_actor
     assert ray_zerocopy.jit.rewrite_pipeline is ray_zerocopy.jit.invoke.rewrite_pipeline is legacy.jit_rewrite_pipeline

@@ -18,7 +18,8 @@ import torch
 import ray_zerocopy.jit
 import ray_zerocopy.legacy as legacy
 import ray_zerocopy.nn
-from ray_zerocopy import LoadOptions, UnsupportedModelError
+from ray_zerocopy.errors import UnsupportedModelError
+from ray_zerocopy_core.options import LoadOptions
 
 #: 0.x's ``ray_zerocopy.nn.__all__`` and ``ray_zerocopy.jit.__all__`` (its last release).
 NN_0X = {"load_pipeline_for_actors", "load_pipeline_for_tasks", "rewrite_pipeline", "prepare_pipeline"}

@@ -1,33 +1,17 @@
-"""ray-zerocopy core: share PyTorch models across Ray workers with one copy per node.
+"""ray-zerocopy core: share PyTorch models across Ray workers with one copy of the weights per node.
 
-The eager ``nn.Module`` backend, the backend registry, and the task and actor modes.
-Most users import from ``ray_zerocopy`` (the meta package), which re-exports all this.
+This module holds what users call: the wrappers, :class:`Checkpoint`, the named-model
+functions and the error families. Most users import the same names from
+``ray_zerocopy`` (the package that adds the TorchScript wrappers). The plugin SDK lives in
+:mod:`ray_zerocopy_core.plugin`, the backend registry in :mod:`ray_zerocopy_core.registry`,
+every error class in :mod:`ray_zerocopy_core.errors`. Importing has no side effects:
+nothing is registered and no Ray actor or task is defined until it is used.
 """
 
 from __future__ import annotations
 
 from ray_zerocopy_core.checkpoint import Checkpoint
-from ray_zerocopy_core.errors import (
-    BackendError,
-    BackendNotInstalledError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    FormatVersionError,
-    HolderUnavailableError,
-    InvalidBackendError,
-    InvalidLoaderError,
-    InvalidOptionError,
-    InvalidReferenceError,
-    ModelNotPublishedError,
-    ObjectStoreCapacityError,
-    PipelineError,
-    UnknownMethodError,
-    UnsupportedModelError,
-    WeightsUnavailableError,
-    WrapperReleasedError,
-    WrongModeError,
-    ZeroCopyError,
-)
+from ray_zerocopy_core.errors import UsageError, WeightsUnavailableError, ZeroCopyError
 from ray_zerocopy_core.inspection import aliases_object_store
 from ray_zerocopy_core.named import (
     PublishedModel,
@@ -37,66 +21,26 @@ from ray_zerocopy_core.named import (
     publish,
     unpublish,
 )
-from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, RELEASE, Backend, ModelPayload
-from ray_zerocopy_core.registry import (
-    backend_for,
-    backend_names,
-    broken_backends,
-    find_backend,
-    get_backend,
-    register_backend,
-)
-from ray_zerocopy_core.representation import TensorEntry, TensorTable
-from ray_zerocopy_core.task_mode import RemoteModel
+from ray_zerocopy_core.plugin import RELEASE
 from ray_zerocopy_core.wrappers import ActorWrapper, ModelWrapper, TaskWrapper
 
 #: This distribution's release (``0+unknown`` in a source tree that is not installed).
 __version__ = RELEASE
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "ActorWrapper",
-    "Backend",
-    "BackendError",
-    "BackendNotInstalledError",
     "Checkpoint",
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "FormatVersionError",
-    "HolderUnavailableError",
-    "InvalidBackendError",
-    "InvalidLoaderError",
-    "InvalidOptionError",
-    "InvalidReferenceError",
-    "LoadOptions",
-    "ModelNotPublishedError",
-    "ModelPayload",
     "ModelWrapper",
-    "ObjectStoreCapacityError",
-    "PipelineError",
     "PublishedModel",
-    "RemoteModel",
     "TaskWrapper",
-    "TensorEntry",
-    "TensorTable",
-    "UnknownMethodError",
-    "UnsupportedModelError",
+    "UsageError",
     "WeightsUnavailableError",
-    "WrapperReleasedError",
-    "WrongModeError",
     "ZeroCopyError",
     "__version__",
     "aliases_object_store",
-    "backend_for",
-    "backend_names",
-    "broken_backends",
-    "find_backend",
-    "get_backend",
     "get_or_publish",
     "list_published",
     "load_published",
     "publish",
-    "register_backend",
     "unpublish",
 ]

@@ -29,7 +29,7 @@ class NNBackend(plugin.Backend):
     def extract(self, model: Any) -> plugin.ModelPayload:
         """Pickle ``model`` without its tensors; index the tensors' bytes (no copy)."""
         skeleton, tensors = self.split(model)
-        names = _tensor_names(model, tensors)
+        names = [found[0] if found else f"#{i}" for i, (found, _) in enumerate(tensor_names(model, tensors))]
         return plugin.ModelPayload(self.name, skeleton, plugin.build_table(list(zip(names, tensors))))
 
     def split(self, model: Any) -> tuple[bytes, list[torch.Tensor]]:
@@ -54,12 +54,24 @@ class NNBackend(plugin.Backend):
         return plugin.finish_model(model)
 
 
-def _tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[str]:
-    """Human names (``layer.weight``) for tensors, for error messages; fallback ``#i``."""
-    by_id: dict[int, str] = {}
+def tensor_names(model: Any, tensors: list[torch.Tensor]) -> list[tuple[list[str], bool]]:
+    """For each of ``tensors``: every name ``model`` gives it, and whether it is in the state dict.
+
+    Names come from ``state_dict(keep_vars=True)`` first (parameters and persistent
+    buffers, tied ones under each of their names), then from non-persistent buffers. A
+    tensor that is not a module's parameter or buffer gets no name; so does every tensor of
+    an object that is not an ``nn.Module``.
+    """
+    position = {id(t): i for i, t in enumerate(tensors)}
+    names: list[list[str]] = [[] for _ in tensors]
+    persistent = [False] * len(tensors)
     if isinstance(model, nn.Module):
         for name, tensor in model.state_dict(keep_vars=True).items():
-            by_id.setdefault(id(tensor), name)
+            if id(tensor) in position:
+                names[position[id(tensor)]].append(name)
+                persistent[position[id(tensor)]] = True
         for name, tensor in model.named_buffers(remove_duplicate=False):
-            by_id.setdefault(id(tensor), name)
-    return [by_id.get(id(t), f"#{i}") for i, t in enumerate(tensors)]
+            i = position.get(id(tensor))
+            if i is not None and name not in names[i]:
+                names[i].append(name)
+    return list(zip(names, persistent))

@@ -1,60 +1,101 @@
-"""Weightless skeletons: pickle an object graph with every tensor factored out.
+"""Pickling an object graph with placeholders: the one persistent-id pickler pair of core.
 
-:func:`split_tensors` pickles an object (an ``nn.Module``, or anything holding
-tensors) with cloudpickle, so classes defined in ``__main__`` travel by value, while a
-persistent-id hook replaces each tensor by its position in a list. The pickle bytes are
-the skeleton; the tensors go to the :mod:`~ray_zerocopy_core.representation` table.
-:func:`join_tensors` unpickles the skeleton and hands back a given tensor at each
-position. Nothing is deep-copied: the weights are only read, once, by the table.
+:func:`dumps_with_placeholders` pickles an object with cloudpickle (so classes defined in
+``__main__`` travel by value) while a hook may replace any object it meets by a small
+key (a *persistent id*); :func:`loads_with_placeholders` unpickles it, asking for the
+object behind each key. Two uses build on it:
+
+- a backend's weightless *skeleton*: :func:`split_tensors` replaces each tensor by its
+  position in a list, :func:`join_tensors` puts given tensors back (the eager backend);
+- a pipeline sent to workers with a stand-in for each shared model
+  (:mod:`ray_zerocopy_core.pipeline`).
+
+Nothing is deep-copied: the replaced objects are only looked at, never pickled.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 from ray import cloudpickle
 
+#: Gives the key to put in place of an object, or None to pickle the object as usual.
+Placeholder = Callable[[Any], Hashable | None]
 
-class _TensorFactoringPickler(cloudpickle.CloudPickler):
-    """A CloudPickler that emits tensors as persistent ids instead of their data."""
 
-    def __init__(self, file: io.BytesIO) -> None:
+class _PlaceholderPickler(cloudpickle.CloudPickler):
+    def __init__(self, file: io.BytesIO, placeholder: Placeholder, fresh_classes: bool) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.tensors: list[torch.Tensor] = []
-        self._positions: dict[int, int] = {}
+        self._placeholder = placeholder
+        self._fresh_classes = fresh_classes
 
-    def persistent_id(self, obj: Any) -> int | None:
-        if not isinstance(obj, torch.Tensor):
-            return None
-        position = self._positions.get(id(obj))
-        if position is None:
-            position = len(self.tensors)
-            self._positions[id(obj)] = position
-            self.tensors.append(obj)
-        return position
+    def persistent_id(self, obj: Any) -> Hashable | None:
+        return self._placeholder(obj)
+
+    def reducer_override(self, obj: Any) -> Any:
+        """With ``fresh_classes``, send classes by value untracked: each unpickling makes a class of its own.
+
+        cloudpickle otherwise reuses a class it met before in the process (by a tracker
+        id) and re-sets its methods, which would rebind the closures and globals of the
+        caller's own class, or of an object unpickled earlier, to this unpickling's objects.
+        """
+        reduced = super().reducer_override(obj)
+        if self._fresh_classes and isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) > 1:
+            make, args = reduced[0], reduced[1]
+            tracked = getattr(make, "__name__", "") == "_make_skeleton_class" and len(args) == 6
+            if tracked and isinstance(args[4], str):
+                reduced = (make, (*args[:4], None, *args[5:]), *reduced[2:])
+        return reduced
 
 
-class _TensorJoiningUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, tensor_at: Callable[[int], Any]) -> None:
+class _PlaceholderUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, resolve: Callable[[Any], Any]) -> None:
         super().__init__(file)
-        self._tensor_at = tensor_at
+        self._resolve = resolve
 
     def persistent_load(self, pid: Any) -> Any:
-        return self._tensor_at(int(pid))
+        return self._resolve(pid)
+
+
+def dumps_with_placeholders(obj: Any, placeholder: Placeholder, *, fresh_classes: bool = False) -> bytes:
+    """Pickle ``obj``, putting ``placeholder(x)`` in place of every object ``x`` for which it is not None.
+
+    ``fresh_classes``: classes pickled by value are made anew at each unpickling instead
+    of being matched to one the process met before (see the pickler's ``reducer_override``).
+    """
+    buffer = io.BytesIO()
+    _PlaceholderPickler(buffer, placeholder, fresh_classes).dump(obj)
+    return buffer.getvalue()
+
+
+def loads_with_placeholders(data: bytes, resolve: Callable[[Any], Any]) -> Any:
+    """Unpickle what :func:`dumps_with_placeholders` wrote, with ``resolve(key)`` at each placeholder."""
+    return _PlaceholderUnpickler(io.BytesIO(data), resolve).load()
 
 
 def split_tensors(obj: Any) -> tuple[bytes, list[torch.Tensor]]:
-    """Return ``obj`` pickled without its tensors, and those tensors in id order."""
-    buffer = io.BytesIO()
-    pickler = _TensorFactoringPickler(buffer)
-    pickler.dump(obj)
-    return buffer.getvalue(), pickler.tensors
+    """Return ``obj`` pickled without its tensors, and those tensors in the order met.
+
+    A tensor object met several times is listed once; every place holding it gets its position.
+    """
+    tensors: list[torch.Tensor] = []
+    positions: dict[int, int] = {}
+
+    def position(value: Any) -> int | None:
+        if not isinstance(value, torch.Tensor):
+            return None
+        if id(value) not in positions:
+            positions[id(value)] = len(tensors)
+            tensors.append(value)
+        return positions[id(value)]
+
+    return dumps_with_placeholders(obj, position), tensors
 
 
 def join_tensors(skeleton: bytes, tensors: Sequence[Any]) -> Any:
-    """Unpickle ``skeleton``, putting ``tensors[i]`` where tensor ``i`` was."""
-    return _TensorJoiningUnpickler(io.BytesIO(skeleton), tensors.__getitem__).load()
+    """Unpickle ``skeleton`` (from :func:`split_tensors`), putting ``tensors[i]`` where tensor ``i`` was."""
+    return loads_with_placeholders(skeleton, lambda pid: tensors[int(pid)])

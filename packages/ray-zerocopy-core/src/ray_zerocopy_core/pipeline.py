@@ -1,8 +1,8 @@
-"""Pipelines: objects whose attributes are models, shared one Ray object per model.
+"""Pipelines: objects whose attributes are models, shared one stored model per attribute.
 
 A bare model is handled like a pipeline of one. :class:`SharedPipeline` holds what
-workers need: the pipeline pickled with a stand-in for each of its models (the
-*skeleton*), and one ObjectRef per model. Every reference to a shared model gets the
+workers need: the pipeline pickled with a stand-in for each of its models, and one
+ObjectRef per model. Every reference to a shared model gets the
 stand-in, whether an attribute, a closure variable or a global that the pipeline's
 methods use, so it is small to pickle: weights never travel with it.
 """
@@ -10,8 +10,6 @@ methods use, so it is small to pickle: weights never travel with it.
 from __future__ import annotations
 
 import copy
-import io
-import pickle
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,11 +21,12 @@ import ray
 import torch
 from ray import cloudpickle
 
-from ray_zerocopy_core.checkpoint import Checkpoint
 from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, PipelineError, WrapperReleasedError
 from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.plugin import Backend, split_tensors
-from ray_zerocopy_core.sharing import model_backend, rebuild_model, require_backend, share_model
+from ray_zerocopy_core.pickling import dumps_with_placeholders, loads_with_placeholders, split_tensors
+from ray_zerocopy_core.plugin import Backend, ModelSource
+from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.sharing import rebuild_model, share_model
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
 BARE_MODEL = ""
@@ -49,7 +48,7 @@ def find_models(pipeline: Any) -> dict[str, tuple[Any, Backend]]:
     """``pipeline``'s attributes that some backend can share: name to (model, backend), in order."""
     found = {}
     for name, value in _attributes(pipeline).items():
-        backend = model_backend(value)
+        backend = find_backend(value)
         if backend is not None:
             found[name] = (value, backend)
     return found
@@ -69,7 +68,7 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
             )
         value = getattr(pipeline, name)
         try:
-            models[name] = (value, require_backend(value))
+            models[name] = (value, backend_for(value))
         except BackendNotInstalledError:
             raise
         except BackendError as exc:
@@ -80,58 +79,14 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
     return models
 
 
-#: Tensor bytes a pipeline skeleton may carry by value (small constants are fine); more
+#: Tensor bytes a pickled pipeline may carry by value (small constants are fine); more
 #: means a model travels to every worker as a private copy, which is refused.
-SKELETON_TENSOR_LIMIT = 64 * 1024
+CARRIED_TENSOR_LIMIT = 64 * 1024
 
 
-class _StandInPickler(cloudpickle.CloudPickler):
-    """Pickles a pipeline with a stand-in (its attribute name) for every shared model.
-
-    Whatever reaches a shared model (an attribute, a closure cell, a global that a method
-    sent by value uses) gets the same stand-in, so the weights are never pickled. Tensors
-    pickled by value are recorded for the size check.
-    """
-
-    def __init__(self, file: io.BytesIO, standins: dict[int, str]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._standins = standins
-        self.carried: dict[int, torch.Tensor] = {}
-
-    def persistent_id(self, obj: Any) -> str | None:
-        name = self._standins.get(id(obj))
-        if name is None and isinstance(obj, torch.Tensor):
-            self.carried.setdefault(id(obj), obj)
-        return name
-
-    def reducer_override(self, obj: Any) -> Any:
-        """Send classes by value untracked, so that each unpickling makes a class of its own.
-
-        cloudpickle otherwise reuses a class it met before in the process (by a tracker
-        id) and re-sets its methods, which would rebind the closures and globals of the
-        caller's own class, or of a pipeline loaded earlier, to the models of this load.
-        """
-        reduced = super().reducer_override(obj)
-        if isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) > 1:
-            make, args = reduced[0], reduced[1]
-            tracked = getattr(make, "__name__", "") == "_make_skeleton_class" and len(args) == 6
-            if tracked and isinstance(args[4], str):
-                reduced = (make, (*args[:4], None, *args[5:]), *reduced[2:])
-        return reduced
-
-
-class _StandInUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, models: Mapping[str, Any]) -> None:
-        super().__init__(file)
-        self._models = models
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self._models.get(pid)
-
-
-def load_skeleton(data: bytes, models: Mapping[str, Any]) -> Any:
-    """Unpickle a skeleton from :func:`pickle_skeleton`, each stand-in becoming ``models[name]`` (or None)."""
-    return _StandInUnpickler(io.BytesIO(data), models).load()
+def load_pipeline_bytes(data: bytes, models: Mapping[str, Any]) -> Any:
+    """Unpickle a pipeline from :func:`pickle_pipeline`, each stand-in becoming ``models[name]`` (or None)."""
+    return loads_with_placeholders(data, models.get)
 
 
 def _holds_tensors(value: Any) -> bool:
@@ -163,10 +118,10 @@ def _code_names(code: CodeType) -> set[str]:
     return names
 
 
-def skeleton_culprits(skeleton: Any, suspect: Callable[[Any], bool]) -> list[str]:
-    """Where the skeleton reaches values that ``suspect`` flags: attributes, captured globals and closures."""
-    found = [f"attribute {name!r}" for name, value in vars(skeleton).items() if suspect(value)]
-    for qualname, function in _by_value_functions(type(skeleton)):
+def pipeline_culprits(pipeline: Any, suspect: Callable[[Any], bool]) -> list[str]:
+    """Where ``pipeline`` reaches values that ``suspect`` flags: attributes, captured globals and closures."""
+    found = [f"attribute {name!r}" for name, value in vars(pipeline).items() if suspect(value)]
+    for qualname, function in _by_value_functions(type(pipeline)):
         for name in sorted(_code_names(function.__code__) & set(function.__globals__)):
             if suspect(function.__globals__[name]):
                 found.append(f"global {name!r} (used by {qualname})")
@@ -176,28 +131,35 @@ def skeleton_culprits(skeleton: Any, suspect: Callable[[Any], bool]) -> list[str
     return list(dict.fromkeys(found))
 
 
-def pickle_skeleton(skeleton: Any, models: Mapping[str, Any]) -> bytes:
-    """Pickle ``skeleton`` with a stand-in for each of ``models`` (name to model), wherever it is reached.
+def pickle_pipeline(pipeline: Any, models: Mapping[str, Any]) -> bytes:
+    """Pickle ``pipeline`` with a stand-in for each of ``models`` (name to model), wherever it is reached.
 
     A class defined in a script's ``__main__`` or inside a function is pickled by value,
     with the globals and closure variables its methods use: a shared model reached that
-    way becomes the same stand-in as the attribute, and :func:`load_skeleton` puts the
-    worker's model there. Anything else the pipeline reaches travels by value.
+    way becomes the same stand-in as the attribute, and :func:`load_pipeline_bytes` puts the
+    worker's model there. Each unpickling makes such classes anew, so the caller's own
+    class is never rebound. Anything else the pipeline reaches travels by value.
 
     Raises:
-        PipelineError: the skeleton cannot be pickled, or would carry more than
-            :data:`SKELETON_TENSOR_LIMIT` bytes of tensors to every worker (a model captured
+        PipelineError: the pipeline cannot be pickled, or would carry more than
+            :data:`CARRIED_TENSOR_LIMIT` bytes of tensors to every worker (a model captured
             by a global or closure that is not one of the shared models, say); the error
             names the culprit.
     """
-    shared = {id(model) for model in models.values()}
-    kind = type(skeleton).__qualname__
-    buffer = io.BytesIO()
-    pickler = _StandInPickler(buffer, {id(model): name for name, model in models.items()})
+    standins = {id(model): name for name, model in models.items()}
+    carried: dict[int, torch.Tensor] = {}
+
+    def standin(value: Any) -> str | None:
+        name = standins.get(id(value))
+        if name is None and isinstance(value, torch.Tensor):
+            carried.setdefault(id(value), value)
+        return name
+
+    kind = type(pipeline).__qualname__
     try:
-        pickler.dump(skeleton)
+        data = dumps_with_placeholders(pipeline, standin, fresh_classes=True)
     except Exception as exc:
-        culprits = skeleton_culprits(skeleton, lambda value: id(value) not in shared and not _picklable(value))
+        culprits = pipeline_culprits(pipeline, lambda value: id(value) not in standins and not _picklable(value))
         where = f" ({', '.join(culprits)})" if culprits else ""
         raise PipelineError(
             f"The pipeline {kind} cannot be pickled{where}: {exc}. Workers receive the pipeline "
@@ -205,20 +167,19 @@ def pickle_skeleton(skeleton: Any, models: Mapping[str, Any]) -> bytes:
             "be picklable: give models to the pipeline as attributes (self.model = model), and create "
             "other unpicklable resources lazily inside the worker."
         ) from exc
-    tensors = pickler.carried.values()
-    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}
-    carried = sum(size for _, size in storages)
-    if carried > SKELETON_TENSOR_LIMIT:
-        culprits = skeleton_culprits(skeleton, lambda value: id(value) not in shared and _holds_tensors(value))
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in carried.values()}
+    total = sum(size for _, size in storages)
+    if total > CARRIED_TENSOR_LIMIT:
+        culprits = pipeline_culprits(pipeline, lambda value: id(value) not in standins and _holds_tensors(value))
         where = ", ".join(culprits) or "somewhere in its state"
         raise PipelineError(
-            f"The pipeline {kind} would carry {carried / 1024**2:.1f} MiB of tensors to every worker "
+            f"The pipeline {kind} would carry {total / 1024**2:.1f} MiB of tensors to every worker "
             f"by value, outside the shared models: {where}. Only the pipeline's shared models are "
             "replaced when it is pickled; a model reached otherwise travels with it, and every worker "
             "gets a private copy. Give the model to the pipeline as an attribute (self.model = model), "
             "or name it in model_attr_names, so it is shared zero-copy."
         )
-    return buffer.getvalue()
+    return data
 
 
 def _picklable(value: Any) -> bool:
@@ -238,11 +199,11 @@ def usable_methods(models: Mapping[str, Any], method_names: Iterable[str]) -> tu
 
     A name no model has (a pipeline's own method, say) is ignored, as ray-zerocopy 0.x
     did, with a :class:`UserWarning` naming the method and the models. With a
-    :class:`~ray_zerocopy_core.checkpoint.Checkpoint` among the models every name is kept.
+    :class:`~ray_zerocopy_core.plugin.ModelSource` (a checkpoint) among the models every
+    name is kept: its model exists only while it is read, so its methods cannot be checked.
     """
     kept: list[str] = []
-    # a checkpoint's module exists only while its files are read: any name may be one of its methods
-    unknown = any(isinstance(model, Checkpoint) for model in models.values())
+    unknown = any(isinstance(model, ModelSource) for model in models.values())
     for method in method_names:
         if method == "__call__" or unknown or any(callable(getattr(model, method, None)) for model in models.values()):
             kept.append(method)
@@ -273,9 +234,9 @@ class SharedPipeline:
     """A pipeline or bare model whose models live in the object store.
 
     Attributes:
-        skeleton: the pipeline pickled with a stand-in for each shared model
-            (:func:`pickle_skeleton`), what workers unpickle; ``None`` for a bare model, and
-            in task mode until the pipeline is first pickled.
+        pipeline: the pipeline pickled with a stand-in for each shared model
+            (:func:`pickle_pipeline`), what workers unpickle; ``None`` for a bare model, and
+            in task mode until the wrapper is first pickled.
         refs: attribute name to the ObjectRef of that model (``""`` for a bare model).
         nbytes: weight bytes per attribute.
         local: the pipeline in the caller, its models set to ``None`` (not pickled): the
@@ -284,7 +245,7 @@ class SharedPipeline:
         method_names: task mode: the model methods callable remotely.
     """
 
-    skeleton: Any
+    pipeline: bytes | None
     refs: dict[str, ray.ObjectRef]
     nbytes: dict[str, int] = field(default_factory=dict)
     local: Any = field(default=None, repr=False, compare=False)
@@ -304,7 +265,7 @@ class SharedPipeline:
         only if the wrapper is; otherwise it is pickled here, with a stand-in for each
         model, so that a pipeline that cannot travel is refused before anything is stored.
         """
-        backend = model_backend(obj) if model_attr_names is None else None
+        backend = find_backend(obj) if model_attr_names is None else None
         if backend is not None:
             models = {BARE_MODEL: (obj, backend)}
         else:
@@ -317,20 +278,36 @@ class SharedPipeline:
                 )
         plain = {name: model for name, (model, _) in models.items()}
         methods = usable_methods(plain, method_names) if method_names is not None else ()
-        skeleton = local = None
+        pickled = local = None
         if backend is None:
             local = copy.copy(obj)
             for name in models:
                 setattr(local, name, None)
             if method_names is None:
-                skeleton = pickle_skeleton(local, plain)
+                pickled = pickle_pipeline(local, plain)
         refs: dict[str, ray.ObjectRef] = {}
         sizes: dict[str, int] = {}
         for name, (model, backend_of_model) in models.items():
             what = f"model {name!r}" if name else "model"
             refs[name], sizes[name] = share_model(model, backend_of_model, what=what)
         captured = {name: _reference(model) for name, model in plain.items()} if local is not None else {}
-        return cls(skeleton, refs, sizes, local, methods, captured)
+        return cls(pickled, refs, sizes, local, methods, captured)
+
+    @classmethod
+    def from_parts(
+        cls,
+        pipeline: Any,
+        refs: Mapping[str, Any],
+        nbytes: Mapping[str, int] | None = None,
+        method_names: Iterable[str] = (),
+    ) -> SharedPipeline:
+        """The record of models stored already: ``pipeline`` is what :attr:`pipeline` holds, or a
+        pipeline object with its models set to ``None`` (as the legacy functions hand it out),
+        pickled here.
+        """
+        if pipeline is not None and not isinstance(pipeline, bytes):
+            pipeline = pickle_pipeline(pipeline, {})
+        return cls(pipeline, dict(refs), dict(nbytes or {}), method_names=tuple(method_names))
 
     @property
     def is_bare_model(self) -> bool:
@@ -349,41 +326,52 @@ class SharedPipeline:
                 "This wrapper's models were released (release() was called); wrap the model again."
             )
 
-    def pickled_skeleton(self) -> Any:
-        """:attr:`skeleton`, pickling the caller's pipeline first if that was not done yet (task mode)."""
-        if self.skeleton is None and self.local is not None:
+    def pickled_pipeline(self) -> bytes | None:
+        """:attr:`pipeline`, pickling the caller's pipeline first if that was not done yet (task mode)."""
+        if self.pipeline is None and self.local is not None:
             live = {name: model() for name, model in self._models.items()}
-            self.skeleton = pickle_skeleton(self.local, {name: m for name, m in live.items() if m is not None})
-        return self.skeleton
+            self.pipeline = pickle_pipeline(self.local, {name: m for name, m in live.items() if m is not None})
+        return self.pipeline
 
-    def skeleton_object(self) -> Any:
+    def pipeline_object(self) -> Any:
         """The pipeline with its model attributes set to ``None``, as an object (``None`` for a bare model).
 
         The shape the legacy functions and ``constructor_kwargs`` hand out: a plain object,
         pickled as any other, so a model it captures travels with it (the wrappers send
-        :attr:`skeleton` instead).
+        :attr:`pipeline` instead).
         """
-        if self.local is not None or not isinstance(self.skeleton, bytes):
-            return self.local if self.local is not None else self.skeleton
-        return load_skeleton(self.skeleton, {})
+        if self.local is not None or self.pipeline is None:
+            return self.local
+        return load_pipeline_bytes(self.pipeline, {})
 
     def assemble(self, models: dict[str, Any]) -> Any:
         """The pipeline with ``models`` in place (or the bare model itself).
 
-        In the caller a shallow copy of its pipeline; elsewhere the skeleton unpickled,
-        each stand-in becoming the model of that name.
+        In the caller a shallow copy of its pipeline; elsewhere the pickled pipeline
+        unpickled, each stand-in becoming the model of that name.
         """
         if self.is_bare_model:
             return models[BARE_MODEL]
         if self.local is not None:
             pipeline = copy.copy(self.local)
-        elif isinstance(self.skeleton, bytes):
-            pipeline = load_skeleton(self.skeleton, models)
-        else:  # a pipeline object given by hand (the legacy functions accept one)
-            pipeline = copy.copy(self.skeleton)
+        else:
+            assert self.pipeline is not None
+            pipeline = load_pipeline_bytes(self.pipeline, models)
         for name, model in models.items():
             setattr(pipeline, name, model)
         return pipeline
+
+    def load(self, options: LoadOptions) -> Any:
+        """Actor mode: rebuild every model in this process and return the assembled pipeline.
+
+        On the CPU each model's tensors alias the node's object store, so N actors share one copy.
+
+        Raises:
+            WrapperReleasedError: the wrapper's models were released.
+            WeightsUnavailableError: the stored weights are gone.
+        """
+        self.check_available()
+        return self.assemble({name: rebuild_model(ref, options) for name, ref in self.refs.items()})
 
     def release(self) -> None:
         """Drop this handle's references; Ray frees the objects once no worker uses them."""
@@ -392,18 +380,5 @@ class SharedPipeline:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(skeleton=self.pickled_skeleton(), local=None, _models={})
+        state.update(pipeline=self.pickled_pipeline(), local=None, _models={})
         return state
-
-
-def load_pipeline(shared: SharedPipeline, options: LoadOptions) -> Any:
-    """Actor mode: rebuild every model of ``shared`` in the calling process and return the assembled pipeline.
-
-    On the CPU each model's tensors alias the node's object store, so N actors share one copy.
-
-    Raises:
-        WrapperReleasedError: the wrapper's models were released.
-        WeightsUnavailableError: the stored weights' owner is gone.
-    """
-    shared.check_available()
-    return shared.assemble({name: rebuild_model(ref, options) for name, ref in shared.refs.items()})

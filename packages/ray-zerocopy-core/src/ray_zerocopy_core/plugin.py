@@ -32,6 +32,7 @@ Declare it under the entry-point group ``ray_zerocopy.backends`` (see
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -69,7 +70,7 @@ def installed_version(distribution: str) -> str:
 RELEASE = installed_version("ray-zerocopy-core")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelPayload:
     """What one model becomes in the object store: one Ray object per model.
 
@@ -78,7 +79,7 @@ class ModelPayload:
         skeleton: the model without its weights, in the backend's own format.
         table: the weights as raw bytes plus their index.
         backend_locator: ``module:qualname`` of the backend class, so a worker can import
-            it without scanning entry points (filled in when the payload is stored).
+            it without scanning entry points (given when the payload is stored).
         format_version: the :data:`FORMAT_VERSION` of the process that made it.
         release: the ray-zerocopy release of the process that made it.
     """
@@ -136,6 +137,35 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class ModelSource(Protocol):
+    """Something that describes a model without holding it, and opens into a backend's payload.
+
+    A :class:`~ray_zerocopy_core.checkpoint.Checkpoint` is one: its weights are read from
+    its files while it is stored. Wherever a model is accepted, a source is too; the
+    registry gives it the backend it names, and it is opened (not extracted) where it is
+    shared, which for a published model is the holder's node.
+    """
+
+    #: The name of the backend whose payload the source opens into (which rebuilds it).
+    backend_name: ClassVar[str]
+
+    def open_payload(self) -> AbstractContextManager[ModelPayload]:
+        """Yield the payload; views of the source's data may live only until the block ends."""
+        ...
+
+
+def open_payload(backend: Backend, source: Any) -> AbstractContextManager[ModelPayload]:
+    """The payload of ``source``, valid until the block ends: the one way a model or a source is opened.
+
+    A :class:`ModelSource` (a checkpoint) opens itself, and its views may live only as
+    long as the block; a model is split by ``backend.extract``.
+    """
+    if isinstance(source, ModelSource):
+        return source.open_payload()
+    return nullcontext(backend.extract(source))
+
+
 def finish_model(model: Any) -> Any:
     """Put a rebuilt module in eval mode (:func:`materialize` already made its parameters grad-free).
 
@@ -153,6 +183,7 @@ __all__ = [
     "Backend",
     "LoadOptions",
     "ModelPayload",
+    "ModelSource",
     "TensorEntry",
     "TensorSlot",
     "TensorTable",
@@ -165,6 +196,7 @@ __all__ = [
     "installed_version",
     "join_tensors",
     "materialize",
+    "open_payload",
     "restore_payload",
     "split_tensors",
 ]

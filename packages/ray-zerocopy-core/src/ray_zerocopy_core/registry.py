@@ -5,8 +5,9 @@ each one loaded is cached. A plugin that fails to import is logged with its
 entry-point name and remembered in :func:`broken_backends`; the others keep working.
 Backends can also be registered in code with :func:`register_backend`.
 
-Known backends that ship in separate distributions are listed with the line that
-installs them, so an object that needs one gets an error that says what to install.
+One table, :data:`KNOWN_BACKENDS`, lists the backends ray-zerocopy's own distributions
+ship: where each lives and the line that installs it, so an object that needs one that
+is missing gets an error that says what to install.
 """
 
 from __future__ import annotations
@@ -21,25 +22,29 @@ from types import MappingProxyType
 from typing import Protocol
 
 from ray_zerocopy_core.errors import (
-    EXPORT_INSTALL_HINT,
-    JIT_INSTALL_HINT,
     BackendError,
     BackendNotInstalledError,
     InvalidBackendError,
     InvalidOptionError,
 )
-from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend
+from ray_zerocopy_core.plugin import ENTRY_POINT_GROUP, Backend, ModelSource
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class KnownBackend:
-    """A backend shipped outside core: the type it claims (a dotted path) and how to install it."""
+    """A backend of ray-zerocopy's own distributions: what it claims and how to install it.
+
+    Attributes:
+        name: the backend's name (its entry point's name).
+        claims: dotted path of the model type it shares.
+        install_hint: the command that installs it (empty for core's own).
+    """
 
     name: str
     claims: str
-    install_hint: str
+    install_hint: str = ""
 
     def claimed_type(self) -> type | None:
         """The claimed class, imported on demand; None if its module is unavailable."""
@@ -50,13 +55,14 @@ class KnownBackend:
             return None
 
 
-#: Backends core knows of but does not ship. An object whose nearest claimed type is one
-#: of these, when that backend is not installed (or failed to import), gets an error
+#: The backends of ray-zerocopy's distributions. An object whose nearest claimed type is
+#: one of these, when that backend is not installed (or failed to import), gets an error
 #: naming the install line instead of falling to a less specific backend.
 KNOWN_BACKENDS: Mapping[str, KnownBackend] = MappingProxyType(
     {
-        "jit": KnownBackend("jit", "torch.jit.ScriptModule", JIT_INSTALL_HINT),
-        "export": KnownBackend("export", "torch.export.ExportedProgram", EXPORT_INSTALL_HINT),
+        "nn": KnownBackend("nn", "torch.nn.Module"),
+        "jit": KnownBackend("jit", "torch.jit.ScriptModule", "pip install 'ray-zerocopy[jit]'"),
+        "export": KnownBackend("export", "torch.export.ExportedProgram", "pip install 'ray-zerocopy[export]'"),
     }
 )
 
@@ -175,7 +181,7 @@ class _Registry:
             entry_point = self._discover().get(name)
             if entry_point is None:
                 known = KNOWN_BACKENDS.get(name)
-                if known is not None:
+                if known is not None and known.install_hint:
                     raise BackendNotInstalledError(
                         f"The {name!r} backend is not installed. Install it with: {known.install_hint}"
                     )
@@ -242,13 +248,15 @@ class _Registry:
         usable = {backend.name for backend in loadable}
         found: list[_Candidate] = [_Installed(backend) for backend in loadable]
         for known in KNOWN_BACKENDS.values():
-            claimed = known.claimed_type() if known.name not in usable else None
+            claimed = known.claimed_type() if known.install_hint and known.name not in usable else None
             if claimed is not None:
                 found.append(_Missing(known, claimed, self._broken.get(known.name)))
         return found
 
     def find(self, obj: object) -> Backend | None:
         """The best-ranked candidate for ``obj``, chosen (see :func:`find_backend`)."""
+        if isinstance(obj, ModelSource):
+            return self.get(obj.backend_name)
         ranked = [(rank, c) for c in self.candidates() if (rank := _rank(c, obj)) is not None]
         if not ranked:
             return None
@@ -306,7 +314,8 @@ def reset_registry() -> None:
 def find_backend(obj: object) -> Backend | None:
     """The most specific installed backend that handles ``obj``, or ``None``.
 
-    One rule picks it: the backend whose ``model_types`` lie nearest ``type(obj)`` in its
+    One rule picks it: a :class:`~ray_zerocopy_core.plugin.ModelSource` gets the backend it
+    names; otherwise the backend whose ``model_types`` lie nearest ``type(obj)`` in its
     MRO (and whose ``handles(obj)`` agrees); a backend that accepts ``obj`` only by duck
     typing comes after every typed match. Known backends of other distributions take
     part with the type they claim: if one of them is nearest but not installed, the

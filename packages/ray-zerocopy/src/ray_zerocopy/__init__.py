@@ -1,9 +1,10 @@
 """ray-zerocopy: share PyTorch models across Ray workers with one copy of the weights per node.
 
-This package re-exports the API of ``ray_zerocopy_core`` and, when installed with the
-``jit`` extra, the TorchScript wrappers (``JIT*Wrapper``, defined in
-``ray_zerocopy._jit_wrappers``). It also keeps the deprecated functions of earlier
-versions (:mod:`ray_zerocopy.legacy`).
+The names users call, from ``ray_zerocopy_core``, plus the TorchScript wrappers
+(``JIT*Wrapper``, resolved when first used, so the package works without the ``[jit]``
+extra). Every error class is in :mod:`ray_zerocopy.errors`; the deprecated functions of
+earlier versions stay importable from here and from their old modules
+(:mod:`ray_zerocopy.legacy`), each warning and naming its replacement.
 
 Example::
 
@@ -26,8 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 import ray_zerocopy_core
+from ray_zerocopy import errors  # noqa: F401  (every error class)
 from ray_zerocopy._jit_import import JIT_NAMES, jit_wrapper
-from ray_zerocopy.legacy import (
+from ray_zerocopy.legacy import (  # noqa: F401  (deprecated, importable from here, not in __all__)
     load_model_in_actor,
     load_pipeline_in_actor,
     prepare_model_for_actors,
@@ -47,11 +49,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ray_zerocopy' has no attribute {name!r}")
 
 
-__all__ = list(ray_zerocopy_core.__all__)
-__all__ += [  # the deprecated functions of earlier versions
-    "load_model_in_actor",
-    "load_pipeline_in_actor",
-    "prepare_model_for_actors",
-    "rewrite_pipeline",
-    "rewrite_pipeline_for_actors",
-]
+__all__ = [*ray_zerocopy_core.__all__, *sorted(JIT_NAMES)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ray_zerocopy_core.errors import JIT_INSTALL_HINT, BackendNotInstalledError
+from ray_zerocopy_core.errors import BackendNotInstalledError
+from ray_zerocopy_core.registry import KNOWN_BACKENDS
 
 #: The TorchScript wrapper names ``ray_zerocopy`` resolves lazily, once the jit package is found.
 JIT_NAMES = frozenset({"JITModelWrapper", "JITTaskWrapper", "JITActorWrapper"})
@@ -16,7 +17,8 @@ def import_jit() -> ModuleType:
         import ray_zerocopy_jit
     except ImportError as exc:
         raise BackendNotInstalledError(
-            f"TorchScript support needs the ray-zerocopy-jit package. Install it with: {JIT_INSTALL_HINT}"
+            "TorchScript support needs the ray-zerocopy-jit package. "
+            f"Install it with: {KNOWN_BACKENDS['jit'].install_hint}"
         ) from exc
     return ray_zerocopy_jit
 

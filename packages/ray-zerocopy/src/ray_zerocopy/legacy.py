@@ -89,7 +89,7 @@ class Family:
     def _load(self, skeleton: Any, model_refs: Mapping[str, Any], **options: Any) -> Any:
         """Rebuild stored models in this process, through the actor wrapper (the one way to load)."""
         wrapper = self._wrapper_class(self.actor_wrapper).deserialize(
-            skeleton=skeleton, model_refs=dict(model_refs), options=options
+            pipeline=skeleton, model_refs=dict(model_refs), options=options
         )
         return wrapper.load()
 
@@ -264,7 +264,7 @@ class Family:
         for _, names in model_info.values():
             methods.update(dict.fromkeys(sorted(names or ("__call__",))))
         wrapper = self._wrapper_class(self.task_wrapper).deserialize(
-            skeleton=pipeline_skeleton,
+            pipeline=pipeline_skeleton,
             model_refs={name: ref for name, (ref, _) in model_info.items()},
             mode="task",
             method_names=list(methods),
@@ -328,7 +328,7 @@ def _run_stored_model(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
     if isinstance(model, tuple):
         loaded = _rebuild_extracted(*model)
     else:
-        loaded = ActorWrapper.deserialize(skeleton=None, model_refs={BARE_MODEL: model}).load()
+        loaded = ActorWrapper.deserialize(pipeline=None, model_refs={BARE_MODEL: model}).load()
     with torch.no_grad():
         return getattr(loaded, method_name)(*args, **(kwargs or {}))
 

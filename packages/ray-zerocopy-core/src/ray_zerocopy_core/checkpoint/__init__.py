@@ -10,20 +10,20 @@ conversion spool) and the Hugging Face transformers support (``huggingface``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ray_zerocopy_core.checkpoint.reader import read_payload
 from ray_zerocopy_core.errors import InvalidOptionError
+from ray_zerocopy_core.plugin import ModelPayload
 
 #: What a checkpoint's ``model`` may be: a zero-argument factory, a transformers class, or its name.
-ModelSource = Callable[[], nn.Module] | type | str
+ModelFactory = Callable[[], nn.Module] | type | str
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,12 @@ class Checkpoint:
     """
 
     path: Any
-    model: ModelSource
+    model: ModelFactory
     dtype: torch.dtype | None = None
     strict: bool = True
+
+    #: A checkpoint opens into the eager backend's payload (a :class:`~ray_zerocopy_core.plugin.ModelSource`).
+    backend_name: ClassVar[str] = "nn"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, nn.Module):
@@ -88,6 +91,10 @@ class Checkpoint:
                 f"got {self.dtype!r}."
             )
 
+    def open_payload(self) -> AbstractContextManager[ModelPayload]:
+        """Read the files into the eager backend's payload, its bytes views of the files (see the reader)."""
+        return read_payload(self)
+
     def __str__(self) -> str:
         model = self.model if isinstance(self.model, str) else getattr(self.model, "__qualname__", repr(self.model))
         return f"Checkpoint({_describe_path(self.path)!r}, {model})"
@@ -95,13 +102,3 @@ class Checkpoint:
 
 def _describe_path(path: Any) -> str:
     return str(path.path if callable(getattr(path, "as_directory", None)) else path)
-
-
-@contextlib.contextmanager
-def local_directory(path: Any) -> Iterator[Path]:
-    """The local path of a checkpoint location (a ``ray.train.Checkpoint`` is made local while used)."""
-    if callable(getattr(path, "as_directory", None)):  # ray.train.Checkpoint (which refuses os.fspath)
-        with path.as_directory() as directory:
-            yield Path(directory)
-    else:
-        yield Path(os.fspath(path))

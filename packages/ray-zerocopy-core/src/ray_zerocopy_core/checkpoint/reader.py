@@ -17,19 +17,44 @@ back, so private memory never holds more than one of them.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ray_zerocopy_core.checkpoint import Checkpoint, local_directory
 from ray_zerocopy_core.checkpoint.files import CheckpointFiles, ConversionSpool, FileTensor
 from ray_zerocopy_core.checkpoint.huggingface import KeyConversion, build_transformers_model, transformers_class
 from ray_zerocopy_core.errors import CheckpointError
-from ray_zerocopy_core.nn_backend import NNBackend
+from ray_zerocopy_core.nn_backend import NNBackend, tensor_names
 from ray_zerocopy_core.plugin import ModelPayload, build_table
+
+if TYPE_CHECKING:
+    from ray_zerocopy_core.checkpoint import Checkpoint
+
+
+@contextlib.contextmanager
+def read_payload(checkpoint: Checkpoint) -> Iterator[ModelPayload]:
+    """The model ``checkpoint`` describes, as the eager backend stores it, its bytes views of the files.
+
+    The files stay mapped until the block ends; then they are unmapped and their cached
+    pages dropped. Store the payload inside the block and keep no view of it after.
+    """
+    with CheckpointReader(checkpoint) as reader:
+        yield reader.payload()
+
+
+@contextlib.contextmanager
+def local_directory(path: Any) -> Iterator[Path]:
+    """The local path of a checkpoint location (a ``ray.train.Checkpoint`` is made local while used)."""
+    if callable(getattr(path, "as_directory", None)):  # ray.train.Checkpoint (which refuses os.fspath)
+        with path.as_directory() as directory:
+            yield Path(directory)
+    else:
+        yield Path(os.fspath(path))
 
 
 @contextlib.contextmanager
@@ -53,7 +78,7 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def build_skeleton_module(checkpoint: Checkpoint, location: Path) -> tuple[nn.Module, KeyConversion | None]:
+def build_module_on_meta(checkpoint: Checkpoint, location: Path) -> tuple[nn.Module, KeyConversion | None]:
     """The checkpoint's module with parameters on ``meta``, and its key conversion (transformers only)."""
     cls = transformers_class(checkpoint.model)
     if cls is not None:
@@ -80,7 +105,7 @@ def build_skeleton_module(checkpoint: Checkpoint, location: Path) -> tuple[nn.Mo
 
 @dataclass
 class _Slot:
-    """One tensor of the module's skeleton: its names, its built value, and what will fill it."""
+    """One tensor of the module: its names, its built value, and what will fill it."""
 
     names: list[str]
     built: torch.Tensor
@@ -111,7 +136,7 @@ class CheckpointReader:
             location = self._stack.enter_context(local_directory(checkpoint.path))
             self.files = CheckpointFiles(location)
             self._stack.callback(self.files.close)
-            self.module, self.conversion = build_skeleton_module(checkpoint, location)
+            self.module, self.conversion = build_module_on_meta(checkpoint, location)
         except BaseException:
             self._stack.close()
             raise
@@ -149,16 +174,10 @@ class CheckpointReader:
     # --- the steps of payload() --------------------------------------------------------
 
     def _slots(self, tensors: list[torch.Tensor]) -> list[_Slot]:
-        position = {id(t): i for i, t in enumerate(tensors)}
-        slots = [_Slot([], t, isinstance(t, nn.Parameter), False) for t in tensors]
-        for name, tensor in self.module.state_dict(keep_vars=True).items():
-            if id(tensor) in position:
-                slots[position[id(tensor)]].names.append(name)
-                slots[position[id(tensor)]].persistent = True
-        for name, tensor in self.module.named_buffers(remove_duplicate=False):
-            if id(tensor) in position and name not in slots[position[id(tensor)]].names:
-                slots[position[id(tensor)]].names.append(name)
-        return slots
+        return [
+            _Slot(names, tensor, isinstance(tensor, nn.Parameter), persistent)
+            for tensor, (names, persistent) in zip(tensors, tensor_names(self.module, tensors))
+        ]
 
     def _fill_from_files(self, slots: list[_Slot]) -> None:
         by_name = {name: slot for slot in slots if slot.persistent for name in slot.names}

@@ -51,8 +51,6 @@ import ray
 import torch
 from ray import cloudpickle
 
-from ray_zerocopy_core.checkpoint import Checkpoint
-from ray_zerocopy_core.checkpoint.reader import CheckpointReader
 from ray_zerocopy_core.errors import (
     HolderUnavailableError,
     InvalidLoaderError,
@@ -61,11 +59,11 @@ from ray_zerocopy_core.errors import (
     WeightsUnavailableError,
 )
 from ray_zerocopy_core.named import holder as _holder
-from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models, load_pipeline
-from ray_zerocopy_core.plugin import LoadOptions
+from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models
+from ray_zerocopy_core.plugin import LoadOptions, ModelSource, open_payload
 from ray_zerocopy_core.process_memory import trim_heap
-from ray_zerocopy_core.registry import backend_for, backend_locator, find_backend
-from ray_zerocopy_core.sharing import require_backend
+from ray_zerocopy_core.registry import backend_for, find_backend
+from ray_zerocopy_core.sharing import located
 from ray_zerocopy_core.store import stored_payload
 
 #: The Ray namespace of the holder actors: names are cluster-wide, whatever namespace
@@ -123,21 +121,21 @@ def _meta(shared: SharedPipeline, backends: dict[str, str]) -> dict[str, Any]:
     """What a holder keeps besides the refs: plain data, so it never needs torch to read it."""
     return {
         "attrs": list(shared.refs),
-        "skeleton": cloudpickle.dumps(shared.skeleton),
+        "pipeline": shared.pickled_pipeline(),
         "nbytes": dict(shared.nbytes),
         "backends": backends,
     }
 
 
-def _build_stream(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | None) -> Iterator[Any]:
+def _build_stream(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> Iterator[Any]:
     """Runs in a task the holder submits: build, store, then stream the metadata and each stored value.
 
     The task's streamed return objects are owned by the holder. The task's own stored
     copy (from ``SharedPipeline.share``) is released when it ends. A checkpoint is read
     here and its stored form streamed straight from the files, with no copy before it.
     """
-    if isinstance(loader, Checkpoint):
-        yield from _checkpoint_stream(loader)
+    if isinstance(loader, ModelSource):
+        yield from _source_stream(loader)
         return
     model = loader()
     shared = SharedPipeline.share(model, model_attr_names)
@@ -152,34 +150,24 @@ def _build_stream(loader: Callable[[], Any] | Checkpoint, model_attr_names: list
     trim_heap()
 
 
-def _checkpoint_stream(checkpoint: Checkpoint) -> Iterator[Any]:
-    """The metadata, then the stored model read from ``checkpoint``'s files (the one copy in the store)."""
-    backend = require_backend(checkpoint)
-    with CheckpointReader(checkpoint) as reader:
-        payload = reader.payload()
-        payload.backend_locator = backend_locator(backend)
+def _source_stream(source: ModelSource) -> Iterator[Any]:
+    """The metadata, then the stored model opened from ``source`` (a checkpoint: read from its files).
+
+    The source's views (mapped files) live only while its payload is stored, so the node
+    holds one copy once the stream ends.
+    """
+    backend = find_backend(source)
+    assert backend is not None
+    with open_payload(backend, source) as payload:
         yield {
             "attrs": [BARE_MODEL],
-            "skeleton": cloudpickle.dumps(None),
+            "pipeline": None,
             "nbytes": {BARE_MODEL: payload.table.nbytes},
             "backends": {BARE_MODEL: backend.name},
         }
-        yield stored_payload(payload, what=f"checkpoint {checkpoint}")
-        del payload  # the last view of the files: they are unmapped and their cache dropped next
+        yield stored_payload(located(payload, backend), what=f"model {source}")
+        del payload  # the last view of the source: it is closed next
     trim_heap()
-
-
-def _options_dict(options: LoadOptions) -> dict[str, Any]:
-    device = options.device
-    return {
-        "device": None if device is None else str(device),
-        "use_fast_load": options.use_fast_load,
-        "writable": options.writable,
-        "prefault": options.prefault,
-    }
-
-
-_Holder: Any = ray.remote(_holder.ModelHolder)
 
 
 def _actor_name(holder: str) -> str:
@@ -215,7 +203,7 @@ def _create_holder(holder: str, holder_options: dict[str, Any] | None) -> Any:
         "lifetime": "detached",
         "get_if_exists": True,
     }
-    handle = _Holder.options(**options).remote(holder)
+    handle = _holder.remote_holder_class().options(**options).remote(holder)
     try:
         ray.get(handle.ready.remote(), timeout=_START_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
@@ -309,7 +297,7 @@ def _holder_gone(name: str, holder: str, cause: BaseException | None = None) -> 
 
 
 def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
-    if isinstance(obj, Checkpoint):
+    if isinstance(obj, ModelSource):
         return True  # read by the holder's task, on its node
     if find_backend(obj) is not None or model_attr_names is not None:
         return False
@@ -389,17 +377,17 @@ def publish(
     with _calling_holder(name, target):
         if _is_loader(model_or_loader, names):
             job = _job(model_or_loader, names)
-            info = _call_holder(target, holder_options, "build", name, job, _options_dict(options), False)
+            info = _call_holder(target, holder_options, "build", name, job, options.as_dict(), False)
         else:
             shared = SharedPipeline.share(model_or_loader, names)
             meta = _meta(shared, _backend_names(model_or_loader, names))
-            info = _call_holder(target, holder_options, "install", name, meta, shared.refs, _options_dict(options))
+            info = _call_holder(target, holder_options, "install", name, meta, shared.refs, options.as_dict())
             shared.release()  # the holder has its own copy now: free ours
     _moved(name, previous, target)
     return PublishedModel(**info)
 
 
-def _job(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | None) -> bytes:
+def _job(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> bytes:
     """The loader as the holder's build task runs it, pickled here (the holder never unpickles it)."""
     try:
         return bytes(cloudpickle.dumps(functools.partial(_build_stream, loader, model_attr_names)))
@@ -413,7 +401,7 @@ def _job(loader: Callable[[], Any] | Checkpoint, model_attr_names: list[str] | N
 
 def get_or_publish(
     name: str,
-    loader: Callable[[], Any] | Checkpoint,
+    loader: Callable[[], Any] | ModelSource,
     *,
     model_attr_names: Iterable[str] | None = None,
     device: str | torch.device | None = None,
@@ -452,7 +440,7 @@ def get_or_publish(
         The ready model or pipeline.
     """
     _check_name(name)
-    if not (callable(loader) or isinstance(loader, Checkpoint)):
+    if not (callable(loader) or isinstance(loader, ModelSource)):
         raise InvalidLoaderError(
             f"get_or_publish needs a zero-argument callable that builds the model, got "
             f"{type(loader).__qualname__}. To publish a model you already have, use publish()."
@@ -465,7 +453,7 @@ def get_or_publish(
     target = _holder_for(name, holder)
     for attempt in range(3):
         with _calling_holder(name, target):  # if the loader fails, callers queued behind retry with a new holder
-            _call_holder(target, holder_options, "build", name, job, _options_dict(defaults), True)
+            _call_holder(target, holder_options, "build", name, job, defaults.as_dict(), True)
             _moved(name, previous, target)
         try:
             return load_published(
@@ -520,13 +508,13 @@ def load_published(
         if _holder.kv_get(name) is None:
             raise _unknown(name)
         raise _holder_gone(name, holder)
-    shared = SharedPipeline(cloudpickle.loads(record["skeleton"]), dict(record["refs"]), dict(record["nbytes"]))
+    shared = SharedPipeline(record["pipeline"], dict(record["refs"]), dict(record["nbytes"]))
     stored = record["options"]
     options = LoadOptions(**stored).merged(
         device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
     )
     try:
-        return load_pipeline(shared, options)
+        return shared.load(options)
     except WeightsUnavailableError as exc:
         raise _holder_gone(name, holder, exc) from exc
 

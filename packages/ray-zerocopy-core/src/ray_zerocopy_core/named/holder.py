@@ -14,6 +14,7 @@ i.e. the holder), and it hands out only ObjectRefs, bytes and plain dicts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import threading
@@ -87,8 +88,8 @@ class ModelHolder:
     proceed. Once its last name is released the holder *closes*: it answers
     :data:`CLOSING` to new work (callers retry with a fresh holder) and is killed.
 
-    A record (what loaders get) is a plain dict: ``skeleton`` (the pickled pipeline
-    skeleton), ``refs`` (attribute to ObjectRef), ``nbytes``, ``options`` (the default
+    A record (what loaders get) is a plain dict: ``pipeline`` (the pickled pipeline,
+    or None), ``refs`` (attribute to ObjectRef), ``nbytes``, ``options`` (the default
     load options) and ``info`` (the fields of ``PublishedModel``).
     """
 
@@ -144,7 +145,7 @@ class ModelHolder:
         # Replacing the record drops the refs to the previous version: Ray frees it once
         # the workers that loaded it drop their models.
         self._records[name] = {
-            "skeleton": meta["skeleton"],
+            "pipeline": meta["pipeline"],
             "refs": refs,
             "nbytes": dict(meta["nbytes"]),
             "options": dict(options),
@@ -221,7 +222,14 @@ class ModelHolder:
         return self._closing
 
 
-# The holder process rebuilds this module's code, and process_memory's, from the pickle
-# instead of importing ray_zerocopy_core (and with it torch).
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-cloudpickle.register_pickle_by_value(process_memory)
+@functools.cache
+def remote_holder_class() -> Any:
+    """The holder as a Ray actor class, made on first use (importing this module defines no actor).
+
+    This module and :mod:`~ray_zerocopy_core.process_memory` are then pickled by value, so
+    the holder process rebuilds their code from the pickle instead of importing
+    ``ray_zerocopy_core`` (and with it torch).
+    """
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(process_memory)
+    return ray.remote(ModelHolder)
