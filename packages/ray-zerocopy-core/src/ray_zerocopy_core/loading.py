@@ -1,7 +1,7 @@
 """Turning a stored :class:`TensorTable` into ready tensors, the way the options ask.
 
 The default, on the CPU, is zero-copy: tensors alias the object-store memory, which
-:mod:`ray_zerocopy_core.memory` maps and makes read-only in this process.
+:mod:`ray_zerocopy_core.memory` maps chunk by chunk and makes read-only in this process.
 ``writable=True`` gives private copies; a CUDA device gets one host-to-device copy of
 the stored bytes. Either way, tensors that shared a storage share one again.
 """
@@ -14,7 +14,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from ray_zerocopy_core.memory import map_stored_table, prefault_in_background
+from ray_zerocopy_core.memory import map_stored_chunk, prefault_in_background
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.representation import TensorTable, rebuild_tensors
 
@@ -27,23 +27,31 @@ def storage_bases(table: TensorTable, options: LoadOptions) -> list[tuple[torch.
     """For each storage of ``table``: a uint8 tensor holding it and the byte offset there.
 
     Zero-copy on the CPU unless ``options`` asks for a private or device copy (see the
-    module doc). A table stored in Ray is one stretch of memory and is handled as one
-    tensor; one that never left this process gives a tensor per buffer.
+    module doc). Each stored chunk is one stretch of memory and is handled as one
+    tensor; a table that never left this process gives a tensor per storage.
     """
-    mapped = map_stored_table(table, protect=options.zero_copy)
-    if mapped is not None:
+    bases: list[tuple[torch.Tensor, int] | None] = [None] * len(table.storages)
+    prefault: list[torch.Tensor] = []
+    for chunk in table.chunks:
+        mapped = map_stored_chunk(chunk.buffers, protect=options.zero_copy)
+        if mapped is None:
+            continue
         whole, offsets = mapped
         if not options.zero_copy:
             whole = _private_copy(whole, options)
         elif options.prefault:
-            prefault_in_background(whole)
-        return [(whole, offset) for offset in offsets]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NOT_WRITABLE_WARNING, category=UserWarning)
-        raw = [torch.from_numpy(buffer) for buffer in table.storages]
-    if not options.zero_copy:
-        raw = [_private_copy(r, options) for r in raw]
-    return [(r, 0) for r in raw]
+            prefault.append(whole)
+        for storage, offset in zip(chunk.storages, offsets):
+            bases[storage] = (whole, offset)
+    if prefault:
+        prefault_in_background(prefault)
+    for index, base in enumerate(bases):
+        if base is None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_NOT_WRITABLE_WARNING, category=UserWarning)
+                raw = torch.from_numpy(table.storages[index])
+            bases[index] = (raw if options.zero_copy else _private_copy(raw, options), 0)
+    return bases  # type: ignore[return-value]
 
 
 def _private_copy(raw: torch.Tensor, options: LoadOptions) -> torch.Tensor:

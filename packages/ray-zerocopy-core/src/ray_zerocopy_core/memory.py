@@ -1,20 +1,19 @@
 """Shared memory in this process: mapping stored tables, protecting, prefaulting, releasing.
 
-This module is the one owner of object-store memory a process maps. A stored
-:class:`~ray_zerocopy_core.representation.TensorTable` is one stretch of memory: a
-zero-filled guard, the storages, a guard (:func:`guard_table` adds the guards before
-the table is stored). Loading it zero-copy (:func:`map_stored_table`) gives one uint8
-tensor over that stretch.
+This module is the one owner of object-store memory a process maps. Each stored chunk
+of a model (:mod:`ray_zerocopy_core.store`) is one stretch of memory: a zero-filled
+guard, some storages, a guard (:func:`guarded` adds the guards before it is stored).
+Loading it zero-copy (:func:`map_stored_chunk`) gives one uint8 tensor over that stretch.
 
 Write protection: every worker on a node maps the same object-store pages, so an
 in-place write to one would change what every other worker sees. The pages that lie
-wholly inside the stretch are made read-only here with ``mprotect`` (the guards, at
-least :data:`GUARD_BYTES` each, make sure those pages cover every weight byte and
-hold nothing else, for pages of up to 64 KiB). One record per stored object per
-process counts every mapping over it, whichever load made it (two ``load()`` calls,
-other options, task-mode caches): the pages become writable again only when the last
-tensor over them is gone. A write to a protected page ends the process with SIGSEGV,
-explained by :mod:`ray_zerocopy_core.fault_explainer`.
+wholly inside the stretch are made read-only here with ``mprotect`` (the guards, a page
+of the storing machine each, make sure those pages cover every weight byte and hold
+nothing else). One record per stored object per process counts every mapping over it,
+whichever load made it (two ``load()`` calls, other options, task-mode caches): the
+pages become writable again only when the last tensor over them is gone. A write to a
+protected page ends the process with SIGSEGV, explained by
+:mod:`ray_zerocopy_core.fault_explainer`.
 
 Only memory that this process maps from shared memory (the object store) is ever
 protected; a table that never left the process is used as it is. Where protection
@@ -36,21 +35,20 @@ import sys
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ray_zerocopy_core import fault_explainer
-from ray_zerocopy_core.representation import TensorTable
 
 logger = logging.getLogger(__name__)
 
 #: This system's page size (4 KiB on x86-64, 64 KiB on many aarch64 kernels).
 PAGE_SIZE = mmap.PAGESIZE
-#: Size of the zero-filled guards around a stored table: the largest common page size.
-GUARD_BYTES = 64 * 1024
+#: Size of the zero-filled guards around a stored chunk: a page of this machine (at least 4 KiB).
+GUARD_BYTES = max(PAGE_SIZE, 4096)
 #: Ray pads out-of-band buffers to 64 bytes; buffers of one stored object lie closer than this.
 _MAX_GAP = 64
 
@@ -60,12 +58,10 @@ _MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux 5.14+
 
 
-def guard_table(table: TensorTable) -> TensorTable:
-    """``table`` framed by two guards, ready to be stored (a no-op if it already is)."""
-    if table.guard_bytes:
-        return table
+def guarded(storages: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """``storages`` framed by two zero-filled guards, as one chunk is stored."""
     head, tail = np.zeros(GUARD_BYTES, dtype=np.uint8), np.zeros(GUARD_BYTES, dtype=np.uint8)  # two objects: pickle
-    return replace(table, buffers=(head, *table.buffers, tail), guard_bytes=GUARD_BYTES)  # would store one twice
+    return (head, *storages, tail)  # would store one array twice
 
 
 # --- libc ------------------------------------------------------------------------------
@@ -223,43 +219,41 @@ def _settle_released() -> None:
 
 
 class _StoredStretch:
-    """A numpy-array view of one stored table's whole stretch of memory.
+    """A numpy-array view of one stored chunk's whole stretch of memory.
 
-    Tensors made from it keep it alive; it keeps the table's buffers alive (so Ray
+    Tensors made from it keep it alive; it keeps the chunk's buffers alive (so Ray
     keeps the object mapped in this process) and, while it lives, counts as one user
     of the object's record.
     """
 
-    def __init__(self, table: TensorTable, start: int, end: int, key: tuple[int, int] | None) -> None:
-        self.buffers = table.buffers
+    def __init__(self, buffers: tuple[np.ndarray, ...], start: int, end: int, key: tuple[int, int] | None) -> None:
+        self.buffers = buffers
         self.__array_interface__ = {"data": (start, False), "shape": (end - start,), "typestr": "|u1", "version": 3}
         if key is not None:
-            weakref.finalize(self, _release, key, table.buffers)
+            weakref.finalize(self, _release, key, buffers)
 
 
-def _stored_extent(table: TensorTable) -> tuple[int, int] | None:
-    """``[start, end)`` of a guarded table whose buffers lie one after another (as Ray writes them)."""
-    if not table.guard_bytes:
-        return None
+def _stored_extent(buffers: tuple[np.ndarray, ...]) -> tuple[int, int] | None:
+    """``[start, end)`` of buffers that lie one after another (as Ray writes them), or None."""
     previous_end = None
-    for buffer in table.buffers:
+    for buffer in buffers:
         start = int(buffer.ctypes.data)
         if previous_end is not None and not 0 <= start - previous_end < _MAX_GAP:
             return None
         previous_end = start + int(buffer.nbytes)
-    first = int(table.buffers[0].ctypes.data)
+    first = int(buffers[0].ctypes.data)
     assert previous_end is not None
     return first, previous_end
 
 
-def map_stored_table(table: TensorTable, protect: bool) -> tuple[torch.Tensor, list[int]] | None:
-    """One uint8 tensor over a stored table and each storage's offset in it; None if not stored.
+def map_stored_chunk(buffers: tuple[np.ndarray, ...], protect: bool) -> tuple[torch.Tensor, list[int]] | None:
+    """One uint8 tensor over a stored chunk (guard, storages, guard) and each storage's offset in it.
 
     ``protect``: make the weight pages read-only while this tensor (or any other over
-    the same stored object) lives. Tables that are not one guarded stretch of shared
-    memory (a payload that never left this process) give None.
+    the same stored object) lives. Buffers that are not one stretch of shared memory (a
+    chunk that never left this process) give None.
     """
-    extent = _stored_extent(table)
+    extent = _stored_extent(buffers) if len(buffers) > 2 else None
     if extent is None or not in_shared_memory(*extent):
         return None
     start, end = extent
@@ -274,12 +268,12 @@ def map_stored_table(table: TensorTable, protect: bool) -> tuple[torch.Tensor, l
                 if _load_libc() is None:
                     _warn_unprotected(f"no mprotect on {sys.platform}")
                 else:
-                    _protect(record, table.guard_bytes)
+                    _protect(record, min(int(buffers[0].nbytes), int(buffers[-1].nbytes)))
             record.users += 1
             _settle_released()  # mappings a garbage collection released meanwhile
-    stretch = _StoredStretch(table, start, end, key)
+    stretch = _StoredStretch(buffers, start, end, key)
     whole = torch.from_numpy(np.asarray(stretch))
-    offsets = [int(buffer.ctypes.data) - start for buffer in table.storages]
+    offsets = [int(buffer.ctypes.data) - start for buffer in buffers[1:-1]]
     return whole, offsets
 
 
@@ -289,25 +283,27 @@ def protected_ranges() -> list[tuple[int, int]]:
         return [(r.protected_start, r.protected_end) for r in _mapped.values() if r.protected_end > r.protected_start]
 
 
-def prefault_in_background(tensor: torch.Tensor) -> threading.Thread | None:
-    """Fault ``tensor``'s pages into this process from a daemon thread; return the thread.
+def prefault_in_background(tensors: list[torch.Tensor]) -> threading.Thread | None:
+    """Fault the pages of ``tensors`` into this process from a daemon thread, one after another; return it.
 
     ``madvise(MADV_POPULATE_READ)`` maps every page without copying it; ctypes drops
     the GIL during the call, so the caller goes on while the pages come in. The
-    thread holds ``tensor`` (and so the memory) until it is done.
+    thread holds the tensors (and so the memory) until it is done.
     """
     libc = _load_libc()
-    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
-    if libc is None or end <= start:
+    if libc is None or not tensors:
         return None
-    start -= start % PAGE_SIZE  # madvise wants a page-aligned start
 
-    def populate(holder: list[Any]) -> None:
-        if libc.madvise(start, end - start, _MADV_POPULATE_READ) != 0:
-            logger.debug("MADV_POPULATE_READ unavailable (errno %d); pages fault in on use", ctypes.get_errno())
+    def populate(holder: list[torch.Tensor]) -> None:
+        for tensor in holder:
+            start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+            start -= start % PAGE_SIZE  # madvise wants a page-aligned start
+            if end > start and libc.madvise(start, end - start, _MADV_POPULATE_READ) != 0:
+                logger.debug("MADV_POPULATE_READ unavailable (errno %d); pages fault in on use", ctypes.get_errno())
+                break
         holder.clear()
 
-    thread = threading.Thread(target=populate, args=([tensor],), name="ray-zerocopy-prefault", daemon=True)
+    thread = threading.Thread(target=populate, args=(list(tensors),), name="ray-zerocopy-prefault", daemon=True)
     thread.start()
     return thread
 

@@ -9,6 +9,7 @@ methods use, so it is small to pickle: weights never travel with it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 import weakref
@@ -21,12 +22,14 @@ import ray
 import torch
 from ray import cloudpickle
 
+from ray_zerocopy_core.cluster import NodeCopies, Progress, this_node
 from ray_zerocopy_core.errors import BackendError, BackendNotInstalledError, PipelineError, WrapperReleasedError
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pickling import dumps_with_placeholders, loads_with_placeholders, split_tensors
-from ray_zerocopy_core.plugin import Backend, ModelSource
+from ray_zerocopy_core.plugin import Backend, ModelSource, open_payload
 from ray_zerocopy_core.registry import backend_for, find_backend
-from ray_zerocopy_core.sharing import rebuild_model, share_model
+from ray_zerocopy_core.sharing import located, rebuild_model, share_model
+from ray_zerocopy_core.store import check_capacity, stored_parts
 
 #: Key under which a bare model (not a pipeline) is stored in ``SharedPipeline.refs``.
 BARE_MODEL = ""
@@ -77,6 +80,59 @@ def named_models(pipeline: Any, model_attr_names: str | Iterable[str]) -> dict[s
                 "model_attr_names must name attributes that hold models (nn.Module, ScriptModule, ExportedProgram...)."
             ) from exc
     return models
+
+
+def pipeline_models(obj: Any, model_attr_names: str | Iterable[str] | None) -> dict[str, tuple[Any, Backend]]:
+    """The models to share in ``obj``, each with its backend: ``obj`` itself (key ``""``) if it is a model.
+
+    Raises:
+        PipelineError: ``obj`` holds no model, or ``model_attr_names`` names a missing one.
+    """
+    backend = find_backend(obj) if model_attr_names is None else None
+    if backend is not None:
+        return {BARE_MODEL: (obj, backend)}
+    models = find_models(obj) if model_attr_names is None else named_models(obj, model_attr_names)
+    if not models:
+        raise PipelineError(
+            f"No model found in {type(obj).__qualname__}: none of its attributes is a model "
+            "a backend can share (nn.Module, ScriptModule, ExportedProgram...). Give the models "
+            "as attributes, or name them with model_attr_names=[...]."
+        )
+    return models
+
+
+def without_models(pipeline: Any, models: Mapping[str, Any]) -> Any:
+    """A shallow copy of ``pipeline`` with each of its ``models`` attributes set to ``None``."""
+    local = copy.copy(pipeline)
+    for name in models:
+        setattr(local, name, None)
+    return local
+
+
+def stream_stored(obj: Any, model_attr_names: Iterable[str] | None = None) -> Iterator[Any]:
+    """``obj`` (a model, a pipeline or a source) stored as a stream, for a node holder's build task.
+
+    Yields a dict first (``models``: attribute to its head, without chunks, and its chunk
+    ``count``; ``extra``: the pickled pipeline, the bytes and the backend of each model),
+    then every chunk of every model in that order. Each model's payload is open (a
+    checkpoint's files mapped) until its chunks are streamed.
+    """
+    models = pipeline_models(obj, model_attr_names)
+    plain = {name: model for name, (model, _) in models.items()}
+    pickled = None if set(models) == {BARE_MODEL} else pickle_pipeline(without_models(obj, models), plain)
+    with contextlib.ExitStack() as stack:
+        heads, streams, nbytes = {}, [], {}
+        for name, (model, backend) in models.items():
+            payload = located(stack.enter_context(open_payload(backend, model)), backend)
+            check_capacity(payload, f"model {name!r}" if name else "model")
+            head, count, chunks = stored_parts(payload)
+            heads[name] = {**{k: v for k, v in head.items() if k != "chunks"}, "count": count}
+            streams.append(chunks)
+            nbytes[name] = payload.table.nbytes
+        backends = {name: backend.name for name, (_, backend) in models.items()}
+        yield {"models": heads, "extra": {"pipeline": pickled, "nbytes": nbytes, "backends": backends}}
+        for chunks in streams:
+            yield from chunks
 
 
 #: Tensor bytes a pickled pipeline may carry by value (small constants are fine); more
@@ -243,6 +299,8 @@ class SharedPipeline:
             caller assembles it without unpickling anything, so its own class, closures and
             globals are left as they are.
         method_names: task mode: the model methods callable remotely.
+        copies: on a cluster of several nodes, where each node gets its own copy of the
+            models (None on one node: loads use the stored models as they are).
     """
 
     pipeline: bytes | None
@@ -251,6 +309,8 @@ class SharedPipeline:
     local: Any = field(default=None, repr=False, compare=False)
     method_names: tuple[str, ...] = ()
     _models: dict[str, Callable[[], Any]] = field(default_factory=dict, repr=False, compare=False)
+    copies: NodeCopies | None = None
+    _release_copies: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def share(
@@ -258,31 +318,22 @@ class SharedPipeline:
         obj: Any,
         model_attr_names: str | Iterable[str] | None = None,
         method_names: Iterable[str] | None = None,
+        copies: bool = True,
     ) -> SharedPipeline:
         """Put each model of ``obj`` (or ``obj`` itself, if it is a model) in the object store.
 
         With ``method_names`` (task mode) the pipeline stays in the caller and is pickled
         only if the wrapper is; otherwise it is pickled here, with a stand-in for each
         model, so that a pipeline that cannot travel is refused before anything is stored.
+        ``copies``: on a cluster of several nodes, let each node that loads the models get
+        its own copy (:class:`~ray_zerocopy_core.cluster.NodeCopies`).
         """
-        backend = find_backend(obj) if model_attr_names is None else None
-        if backend is not None:
-            models = {BARE_MODEL: (obj, backend)}
-        else:
-            models = find_models(obj) if model_attr_names is None else named_models(obj, model_attr_names)
-            if not models:
-                raise PipelineError(
-                    f"No model found in {type(obj).__qualname__}: none of its attributes is a model "
-                    "a backend can share (nn.Module, ScriptModule, ExportedProgram...). Give the models "
-                    "as attributes, or name them with model_attr_names=[...]."
-                )
+        models = pipeline_models(obj, model_attr_names)
         plain = {name: model for name, (model, _) in models.items()}
         methods = usable_methods(plain, method_names) if method_names is not None else ()
         pickled = local = None
-        if backend is None:
-            local = copy.copy(obj)
-            for name in models:
-                setattr(local, name, None)
+        if set(models) != {BARE_MODEL}:
+            local = without_models(obj, models)
             if method_names is None:
                 pickled = pickle_pipeline(local, plain)
         refs: dict[str, ray.ObjectRef] = {}
@@ -291,7 +342,11 @@ class SharedPipeline:
             what = f"model {name!r}" if name else "model"
             refs[name], sizes[name] = share_model(model, backend_of_model, what=what)
         captured = {name: _reference(model) for name, model in plain.items()} if local is not None else {}
-        return cls(pickled, refs, sizes, local, methods, captured)
+        node_copies = NodeCopies.start(refs) if copies else None
+        shared = cls(pickled, refs, sizes, local, methods, captured, node_copies)
+        if node_copies is not None:  # this process stored the models: the other nodes' copies go with them
+            shared._release_copies = weakref.finalize(shared, node_copies.release)
+        return shared
 
     @classmethod
     def from_parts(
@@ -300,6 +355,7 @@ class SharedPipeline:
         refs: Mapping[str, Any],
         nbytes: Mapping[str, int] | None = None,
         method_names: Iterable[str] = (),
+        copies: NodeCopies | None = None,
     ) -> SharedPipeline:
         """The record of models stored already: ``pipeline`` is what :attr:`pipeline` holds, or a
         pipeline object with its models set to ``None`` (as the legacy functions hand it out),
@@ -307,7 +363,7 @@ class SharedPipeline:
         """
         if pipeline is not None and not isinstance(pipeline, bytes):
             pipeline = pickle_pipeline(pipeline, {})
-        return cls(pipeline, dict(refs), dict(nbytes or {}), method_names=tuple(method_names))
+        return cls(pipeline, dict(refs), dict(nbytes or {}), method_names=tuple(method_names), copies=copies)
 
     @property
     def is_bare_model(self) -> bool:
@@ -361,24 +417,39 @@ class SharedPipeline:
             setattr(pipeline, name, model)
         return pipeline
 
+    def local_ref(self, name: str) -> ray.ObjectRef:
+        """The stored model of attribute ``name`` on this node (its own copy on a node other than the origin's)."""
+        ref = self.refs[name]
+        return self.copies.head(name, ref) if self.copies is not None else ref
+
     def load(self, options: LoadOptions) -> Any:
         """Actor mode: rebuild every model in this process and return the assembled pipeline.
 
-        On the CPU each model's tensors alias the node's object store, so N actors share one copy.
+        On the CPU each model's tensors alias this node's copy in the object store, so N
+        actors on a node share one copy.
 
         Raises:
             WrapperReleasedError: the wrapper's models were released.
             WeightsUnavailableError: the stored weights are gone.
         """
         self.check_available()
-        return self.assemble({name: rebuild_model(ref, options) for name, ref in self.refs.items()})
+        return self.assemble({name: rebuild_model(self.local_ref(name), options) for name in self.refs})
+
+    def replicate(self, nodes: list[str], progress: Progress | None = None) -> list[str]:
+        """Place a copy of every model on ``nodes`` now and wait for them (one node: nothing to do)."""
+        self.check_available()
+        if self.copies is None:
+            return [this_node()]
+        return self.copies.replicate(self.refs, nodes, progress)
 
     def release(self) -> None:
-        """Drop this handle's references; Ray frees the objects once no worker uses them."""
+        """Drop this handle's references (and every node's copy); Ray frees the objects once no worker uses them."""
+        if self._release_copies is not None:  # only the process that stored the models holds this
+            self._release_copies()
         self.refs = {}
         self.nbytes = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(pipeline=self.pickled_pipeline(), local=None, _models={})
+        state.update(pipeline=self.pickled_pipeline(), local=None, _models={}, _release_copies=None)
         return state

@@ -32,8 +32,9 @@ Declare it under the entry-point group ``ray_zerocopy.backends`` (see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -49,9 +50,9 @@ from ray_zerocopy_core.slots import TensorSlot, index_tensors
 #: The entry-point group under which distributions declare backends (``name = "module:Class"``).
 ENTRY_POINT_GROUP = "ray_zerocopy.backends"
 
-#: Version of the stored layout (table, guards, alignment, payload fields). A reader
-#: refuses a payload written with another format or another ray-zerocopy release.
-FORMAT_VERSION = 3
+#: Version of the stored layout (chunks, guards, alignment, the head's fields). A reader
+#: refuses a model stored with another format or by another ray-zerocopy release.
+FORMAT_VERSION = 4
 
 
 def installed_version(distribution: str) -> str:
@@ -70,9 +71,27 @@ def installed_version(distribution: str) -> str:
 RELEASE = installed_version("ray-zerocopy-core")
 
 
+class SourceReading(Protocol):
+    """How a payload whose bytes are read from files wants the store to pace its reads.
+
+    The store copies a payload into the object store chunk by chunk; before each chunk
+    it says which storages come next (:meth:`read_ahead`: start reading them from disk
+    while the current chunk is copied) and after it which are stored (:meth:`release`:
+    their pages can go, from this process and from the page cache).
+    """
+
+    def read_ahead(self, storages: Sequence[int]) -> None:
+        """The storages at these table indices are stored next."""
+        ...
+
+    def release(self, storages: Sequence[int]) -> None:
+        """The storages at these table indices are stored; their bytes are not read again."""
+        ...
+
+
 @dataclass(frozen=True)
 class ModelPayload:
-    """What one model becomes in the object store: one Ray object per model.
+    """What a backend splits one model into, and rebuilds it from.
 
     Attributes:
         backend: name of the backend that made it and must rebuild it.
@@ -80,30 +99,15 @@ class ModelPayload:
         table: the weights as raw bytes plus their index.
         backend_locator: ``module:qualname`` of the backend class, so a worker can import
             it without scanning entry points (given when the payload is stored).
-        format_version: the :data:`FORMAT_VERSION` of the process that made it.
-        release: the ray-zerocopy release of the process that made it.
+        reading: for a payload read from files, how the store paces the reads (``None``
+            for one whose bytes are in memory).
     """
 
     backend: str
     skeleton: bytes
     table: TensorTable
     backend_locator: str = ""
-    format_version: int = FORMAT_VERSION
-    release: str = RELEASE
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The versions come first and are read before anything else, so a process of
-        # another release can say which versions differ instead of failing to unpickle.
-        fields = (self.backend, self.skeleton, self.table, self.backend_locator)
-        return (restore_payload, (self.format_version, self.release, fields))
-
-
-def restore_payload(format_version: int, release: str, fields: Any) -> ModelPayload:
-    """Unpickle a payload; one written by another release keeps only its versions (checked on fetch)."""
-    if format_version == FORMAT_VERSION and release == RELEASE:
-        backend, skeleton, table, locator = fields
-        return ModelPayload(backend, skeleton, table, locator, format_version, release)
-    return ModelPayload("", b"", TensorTable((), ()), "", format_version, release)
+    reading: SourceReading | None = field(default=None, compare=False, repr=False)
 
 
 @runtime_checkable
@@ -184,6 +188,7 @@ __all__ = [
     "LoadOptions",
     "ModelPayload",
     "ModelSource",
+    "SourceReading",
     "TensorEntry",
     "TensorSlot",
     "TensorTable",
@@ -197,6 +202,5 @@ __all__ = [
     "join_tensors",
     "materialize",
     "open_payload",
-    "restore_payload",
     "split_tensors",
 ]

@@ -48,25 +48,46 @@ class TensorEntry:
     requires_grad: bool
 
 
-@dataclass
+@dataclass(frozen=True)
+class TableChunk:
+    """A run of a stored table's storages, as one object of Ray's store holds them.
+
+    Attributes:
+        storages: the indices of the storages it holds, in order.
+        buffers: its buffers as stored: a zero-filled guard, those storages, a guard
+            (see :mod:`ray_zerocopy_core.memory` for why the guards are there).
+    """
+
+    storages: tuple[int, ...]
+    buffers: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
 class TensorTable:
     """Tensors of one model as storage buffers plus an index; small to pickle but the bytes.
 
-    When ``guard_bytes`` is not zero, ``buffers`` starts and ends with a zero-filled guard
-    of that size (added when the table is stored, see :mod:`ray_zerocopy_core.memory`);
-    :attr:`storages` are the buffers between them. ``nbytes`` counts the tensors' bytes
-    (shared storage once), without the guards, the alignment and the packing slack.
+    ``nbytes`` counts the tensors' bytes (shared storage once), without alignment and
+    packing slack. A table fetched from the object store also has its ``chunks``: where
+    the storages lie in the stored objects (empty for a table that never left its process).
     """
 
     entries: tuple[TensorEntry, ...]
-    buffers: tuple[np.ndarray, ...]
-    guard_bytes: int = 0
+    storages: tuple[np.ndarray, ...]
     nbytes: int = 0
+    chunks: tuple[TableChunk, ...] = ()
 
-    @property
-    def storages(self) -> tuple[np.ndarray, ...]:
-        """The storage buffers, without the guards."""
-        return self.buffers[1:-1] if self.guard_bytes else self.buffers
+
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple``."""
+    return -(-value // multiple) * multiple
+
+
+def numel(shape: Sequence[int]) -> int:
+    """The number of elements of a tensor of ``shape`` (1 for a scalar)."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def check_shareable(tensor: torch.Tensor, where: str) -> None:
@@ -117,10 +138,6 @@ def _storage_bytes(tensor: torch.Tensor, start: int, end: int) -> np.ndarray:
     return raw.numpy()
 
 
-def _aligned(offset: int) -> int:
-    return -(-offset // ALIGNMENT) * ALIGNMENT
-
-
 def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
     """Index ``tensors`` (name, tensor) and collect their bytes, copying only small storages.
 
@@ -154,7 +171,7 @@ def build_table(tensors: Sequence[tuple[str, torch.Tensor]]) -> TensorTable:
         offsets, size = [], 0
         for _, span_start, span_end, _ in small:
             offsets.append(size)
-            size = _aligned(size + span_end - span_start)
+            size = round_up(size + span_end - span_start, ALIGNMENT)
         pack = np.zeros(max(size, SMALL_STORAGE_BYTES), dtype=np.uint8)
         for offset, (tensor, span_start, span_end, positions) in zip(offsets, small):
             pack[offset : offset + span_end - span_start] = _storage_bytes(tensor, span_start, span_end)

@@ -1,34 +1,122 @@
-"""Putting payloads into Ray's object store and getting them back, checked.
+"""Putting models into Ray's object store in chunks, and getting them back, checked.
 
-One Ray object per model, framed by guards for write protection
-(:func:`~ray_zerocopy_core.memory.guard_table`). The process that puts it owns it
-(Ray's ownership model): the object lives while its owner holds a reference (or, for
-a model published by name, its holder actor: :mod:`ray_zerocopy_core.named`), and loads fail with
-:class:`~ray_zerocopy_core.errors.WeightsUnavailableError` once the owner is gone. A
-payload stored by another ray-zerocopy release is refused with
+A stored model is a *head* object plus several *chunk* objects. A chunk holds a run of
+the model's storages framed by two zero-filled guards (for write protection, see
+:mod:`ray_zerocopy_core.memory`); the head (:class:`StoredModel`) holds the model's
+index (backend, skeleton, tensor entries, which storages each chunk holds) as bytes,
+and the chunks' ObjectRefs. Both are plain builtins, so a process without torch (the
+holder actors of :mod:`ray_zerocopy_core.cluster`) can copy a stored model chunk by
+chunk; only a process that rebuilds the model reads the index.
+
+Why chunks: a node that is receiving a model forwards the chunks it holds while the
+rest arrive, so a model reaches many nodes in about one transfer time; and a model read
+from files is stored chunk by chunk, each chunk's file pages dropped once it is stored.
+The chunk size is about 1/32 of the model, between :data:`MIN_CHUNK_BYTES` and
+:data:`MAX_CHUNK_BYTES` (``RAY_ZEROCOPY_CHUNK_MIB`` sets it): enough chunks that a
+chain of nodes stays busy, few enough that each costs little (a Ray object and a
+mapping); a storage larger than a chunk is a chunk of its own.
+
+The process that puts the objects owns them (Ray's ownership model): they live while
+their owner holds a reference, and loads fail with
+:class:`~ray_zerocopy_core.errors.WeightsLostError` once the owner is gone. A model
+stored by another ray-zerocopy release is refused with
 :class:`~ray_zerocopy_core.errors.FormatVersionError`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
+import numpy as np
 import ray
 
 from ray_zerocopy_core.errors import (
     FormatVersionError,
     InvalidReferenceError,
     ObjectStoreCapacityError,
-    WeightsUnavailableError,
+    WeightsLostError,
 )
-from ray_zerocopy_core.memory import guard_table
+from ray_zerocopy_core.memory import guarded
 from ray_zerocopy_core.plugin import FORMAT_VERSION, RELEASE, ModelPayload
+from ray_zerocopy_core.representation import TableChunk, TensorEntry, TensorTable, round_up
 
+MIB = 1024**2
 _GIB = 1024**3
+#: Bounds of the chunk size chosen for a model (see the module doc).
+MIN_CHUNK_BYTES = 4 * MIB
+MAX_CHUNK_BYTES = 64 * MIB
+#: Chunks per model aimed at, within those bounds.
+CHUNKS_PER_MODEL = 32
+#: Environment variable that fixes the chunk size, in MiB.
+CHUNK_SIZE_ENV = "RAY_ZEROCOPY_CHUNK_MIB"
+
+
+class StoredModel(TypedDict):
+    """The value of a stored model's head object (plain builtins: holders read it without torch).
+
+    ``index``: the pickled :class:`ModelIndex`; ``chunks``: one ObjectRef per chunk;
+    ``nbytes``: the weight bytes; ``format_version`` and ``release``: who wrote it.
+    """
+
+    index: bytes
+    chunks: list[ray.ObjectRef]
+    nbytes: int
+    format_version: int
+    release: str
+
+
+@dataclass(frozen=True)
+class ModelIndex:
+    """Everything of a stored model but its bytes: what a process needs to rebuild it from its chunks.
+
+    Attributes:
+        backend: the backend that made the payload and rebuilds it.
+        backend_locator: ``module:qualname`` of that backend's class.
+        skeleton: the backend's weightless bytes.
+        entries: where each tensor lies in the storages.
+        chunks: the storage indices each chunk holds, in order.
+        nbytes: the weight bytes.
+    """
+
+    backend: str
+    backend_locator: str
+    skeleton: bytes
+    entries: tuple[TensorEntry, ...]
+    chunks: tuple[tuple[int, ...], ...]
+    nbytes: int
+
+
+def chunk_bytes(total: int) -> int:
+    """The chunk size for a model of ``total`` weight bytes (see the module doc)."""
+    configured = os.environ.get(CHUNK_SIZE_ENV)
+    if configured:
+        return max(1, int(float(configured) * MIB))
+    return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, round_up(total // CHUNKS_PER_MODEL, MIB)))
+
+
+def plan_chunks(storages: Sequence[np.ndarray], target: int) -> tuple[tuple[int, ...], ...]:
+    """Group storage indices, in order, into runs of about ``target`` bytes (a larger storage runs alone)."""
+    chunks: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for index, storage in enumerate(storages):
+        nbytes = round_up(int(storage.nbytes), 64)
+        if current and size + nbytes > target:
+            chunks.append(tuple(current))
+            current, size = [], 0
+        current.append(index)
+        size += nbytes
+    if current:
+        chunks.append(tuple(current))
+    return tuple(chunks)
 
 
 def _format_bytes(n: float) -> str:
-    return f"{n / _GIB:.2f} GiB" if n >= _GIB / 10 else f"{n / 1024**2:.1f} MiB"
+    return f"{n / _GIB:.2f} GiB" if n >= _GIB / 10 else f"{n / MIB:.1f} MiB"
 
 
 def object_store_capacity() -> int | None:
@@ -37,18 +125,8 @@ def object_store_capacity() -> int | None:
     return int(max(capacities)) if capacities else None
 
 
-def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
-    """Write ``payload`` into the object store once; refuse up front if it can never fit."""
-    if not ray.is_initialized():
-        ray.init()
-    return ray.put(stored_payload(payload, what))
-
-
-def stored_payload(payload: ModelPayload, what: str = "model") -> ModelPayload:
-    """``payload`` as it is stored (its table framed by guards), checked to fit the object store.
-
-    :func:`put_payload` stores it; a task that returns or yields it stores it as its result.
-    """
+def check_capacity(payload: ModelPayload, what: str) -> None:
+    """Refuse up front a model that no node's object store can ever hold."""
     capacity = object_store_capacity()
     needed = payload.table.nbytes + len(payload.skeleton)
     if capacity is not None and needed > capacity:
@@ -58,46 +136,119 @@ def stored_payload(payload: ModelPayload, what: str = "model") -> ModelPayload:
             "store (ray.init(object_store_memory=...) or `ray start --object-store-memory`), "
             "or shrink the model (e.g. bfloat16 weights)."
         )
-    return ModelPayload(payload.backend, payload.skeleton, guard_table(payload.table), payload.backend_locator)
 
 
-def fetch_payload(ref_or_payload: Any) -> ModelPayload:
-    """The payload behind an ObjectRef, or the payload itself if Ray already resolved it."""
-    if isinstance(ref_or_payload, ModelPayload):
-        return ref_or_payload
-    if not isinstance(ref_or_payload, ray.ObjectRef):
+def stored_parts(payload: ModelPayload) -> tuple[StoredModel, int, Iterator[tuple[np.ndarray, ...]]]:
+    """The head of ``payload`` (its chunk refs still empty), its number of chunks, and the chunks one at a time.
+
+    Each chunk is guarded (:func:`~ray_zerocopy_core.memory.guarded`).
+
+    A payload read from files (:attr:`~ray_zerocopy_core.plugin.ModelPayload.reading`)
+    is told which storages are stored next and which are stored, so it reads ahead and
+    lets the pages of stored ones go.
+    """
+    table = payload.table
+    layout = plan_chunks(table.storages, chunk_bytes(table.nbytes))
+    index = ModelIndex(payload.backend, payload.backend_locator, payload.skeleton, table.entries, layout, table.nbytes)
+    head = StoredModel(
+        index=pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL),
+        chunks=[],
+        nbytes=table.nbytes,
+        format_version=FORMAT_VERSION,
+        release=RELEASE,
+    )
+
+    def chunks() -> Iterator[tuple[np.ndarray, ...]]:
+        reading = payload.reading
+        for position, storages in enumerate(layout):
+            if reading is not None:
+                if position == 0:
+                    reading.read_ahead(storages)
+                if position + 1 < len(layout):
+                    reading.read_ahead(layout[position + 1])
+            yield guarded(tuple(table.storages[s] for s in storages))
+            if reading is not None:
+                reading.release(storages)
+
+    return head, len(layout), chunks()
+
+
+def put_payload(payload: ModelPayload, what: str = "model") -> ray.ObjectRef:
+    """Store ``payload`` (each byte copied once into the object store); return its head's ObjectRef."""
+    if not ray.is_initialized():
+        ray.init()
+    check_capacity(payload, what)
+    head, _, chunks = stored_parts(payload)
+    for chunk in chunks:
+        head["chunks"].append(ray.put(chunk))
+        del chunk
+    return ray.put(head)
+
+
+def fetch_stored(ref_or_value: Any) -> StoredModel:
+    """The head behind an ObjectRef (or the head itself, if Ray already resolved it), version-checked."""
+    if isinstance(ref_or_value, ray.ObjectRef):
+        try:
+            value = ray.get(ref_or_value)
+        except (
+            ray.exceptions.OwnerDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.ObjectFetchTimedOutError,
+        ) as exc:
+            raise _lost(exc) from exc
+    else:
+        value = ref_or_value
+    if not (isinstance(value, dict) and {"index", "chunks", "format_version", "release"} <= set(value)):
         raise InvalidReferenceError(
-            f"Expected a ray-zerocopy model reference (ObjectRef) or its resolved value, got "
-            f"{type(ref_or_payload).__qualname__}. Pass what the wrapper or "
-            "prepare_model_for_actors() returned."
+            f"Expected a ray-zerocopy stored model (the ObjectRef a wrapper or prepare_model_for_actors() "
+            f"gave, or its value), got {type(value).__qualname__}."
         )
+    head: StoredModel = value  # type: ignore[assignment]
+    check_versions(head)
+    return head
+
+
+def fetch_payload(ref_or_value: Any) -> ModelPayload:
+    """The payload of a stored model, its storages read-only views of the chunks in this node's store.
+
+    A payload that was never stored (a :class:`ModelPayload`) is returned as it is.
+    """
+    if isinstance(ref_or_value, ModelPayload):
+        return ref_or_value
+    head = fetch_stored(ref_or_value)
+    index: ModelIndex = pickle.loads(head["index"])
     try:
-        payload = ray.get(ref_or_payload)
+        values = ray.get(list(head["chunks"]))
     except (
         ray.exceptions.OwnerDiedError,
         ray.exceptions.ObjectLostError,
         ray.exceptions.ObjectFetchTimedOutError,
     ) as exc:
-        raise WeightsUnavailableError(
-            "The shared model weights are no longer available: the process that wrapped "
-            "the model (their owner) has exited or released them. Keep the wrapper alive in "
-            "a long-lived process (the driver) while workers load it, or publish the model by name "
-            f"(ray_zerocopy.publish) so that a detached holder owns it. ({exc})"
-        ) from exc
-    if not isinstance(payload, ModelPayload):
-        raise InvalidReferenceError(
-            f"The ObjectRef does not point to a ray-zerocopy model (it holds a "
-            f"{type(payload).__qualname__}). Pass what the wrapper or prepare_model_for_actors() returned."
-        )
-    check_versions(payload)
-    return payload
+        raise _lost(exc) from exc
+    storages: list[np.ndarray] = [np.empty(0, np.uint8)] * sum(len(c) for c in index.chunks)
+    chunks = []
+    for positions, buffers in zip(index.chunks, values):
+        for position, buffer in zip(positions, buffers[1:-1]):
+            storages[position] = buffer
+        chunks.append(TableChunk(positions, tuple(buffers)))
+    table = TensorTable(index.entries, tuple(storages), index.nbytes, tuple(chunks))
+    return ModelPayload(index.backend, index.skeleton, table, index.backend_locator)
 
 
-def check_versions(payload: ModelPayload) -> None:
-    """Raise :class:`FormatVersionError` if ``payload`` was stored by another ray-zerocopy release."""
-    if payload.format_version != FORMAT_VERSION or payload.release != RELEASE:
+def _lost(exc: BaseException) -> WeightsLostError:
+    return WeightsLostError(
+        "The shared model weights are no longer available: the process that stored them (their owner) "
+        "has exited or released them, or their node died. Keep the wrapper alive in a long-lived process "
+        "(the driver) while workers load it, or publish the model by name (ray_zerocopy.publish), whose "
+        f"copies are owned on every node that holds one. ({exc})"
+    )
+
+
+def check_versions(head: StoredModel) -> None:
+    """Raise :class:`FormatVersionError` if ``head`` was stored by another ray-zerocopy release."""
+    if head["format_version"] != FORMAT_VERSION or head["release"] != RELEASE:
         raise FormatVersionError(
-            f"This model was stored by ray-zerocopy {payload.release} (format {payload.format_version}), "
+            f"This model was stored by ray-zerocopy {head['release']} (format {head['format_version']}), "
             f"but this worker runs ray-zerocopy {RELEASE} (format {FORMAT_VERSION}). Install the same "
             "ray-zerocopy release on the driver and on every worker (e.g. through the runtime_env or "
             "the cluster image), then wrap the model again."

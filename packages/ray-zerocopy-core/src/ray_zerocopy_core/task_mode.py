@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from ray_zerocopy_core.cluster import NodeCopies
 from ray_zerocopy_core.errors import UnknownMethodError
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pipeline import SharedPipeline
@@ -75,12 +76,20 @@ def worker_cache() -> ModelCache:
 
 
 def call_cached_model(
-    ref_box: list[ray.ObjectRef], method: str, options: LoadOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    stored: tuple[ray.ObjectRef, str, NodeCopies | None],
+    method: str,
+    options: LoadOptions,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
-    """Task body: run ``method`` of the (cached) model stored at ``ref_box[0]``."""
-    ref = ref_box[0]
+    """Task body: run ``method`` of the (cached) model of ``stored``: its ObjectRef, attribute and node copies."""
+    ref, attr, copies = stored
     key = (ref.binary(), options)
-    model = worker_cache().get_or_build(key, lambda: rebuild_model(ref, options))
+
+    def build() -> Any:
+        return rebuild_model(copies.head(attr, ref) if copies is not None else ref, options)
+
+    model = worker_cache().get_or_build(key, build)
     return getattr(model, method)(*args, **kwargs)
 
 
@@ -103,8 +112,10 @@ class RemoteModel:
         options: LoadOptions,
         task_options: dict[str, Any] | None = None,
         name: str = "model",
+        attr: str = "",
+        copies: NodeCopies | None = None,
     ) -> None:
-        self._ref_box = [ref]  # nested, so Ray passes the ref rather than the payload
+        self._stored = (ref, attr, copies)  # nested, so Ray passes the ref rather than the model
         self._method_names = tuple(method_names)
         self._options = options
         self._task_options = dict(task_options or {})
@@ -119,7 +130,7 @@ class RemoteModel:
         remote = _remote_call()
         if self._task_options:
             remote = remote.options(**self._task_options)
-        return ray.get(remote.remote(self._ref_box, method, self._options, args, kwargs))
+        return ray.get(remote.remote(self._stored, method, self._options, args, kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "__call__" not in self._method_names:
@@ -153,7 +164,9 @@ def rewrite_for_tasks(
     shared.check_available()
     return shared.assemble(
         {
-            name: RemoteModel(ref, method_names, options, task_options, name=repr(name) if name else "the model")
+            name: RemoteModel(
+                ref, method_names, options, task_options, repr(name) if name else "the model", name, shared.copies
+            )
             for name, ref in shared.refs.items()
         }
     )

@@ -160,14 +160,16 @@ class ModelWrapper(metaclass=_WrapperType):
         options: dict[str, Any] | None = None,
         task_options: dict[str, Any] | None = None,
         nbytes: dict[str, int] | None = None,
+        copies: Any = None,
     ) -> ModelWrapper:
         """The wrapper that :meth:`serialize` described: ``ModelWrapper.deserialize(**wrapper.serialize())``.
 
-        Nothing is stored again; the wrapper refers to the same stored models.
-        ``pipeline`` may also be a pipeline object with its models set to ``None``.
+        Nothing is stored again; the wrapper refers to the same stored models (and, on a
+        cluster, the same copies on other nodes). ``pipeline`` may also be a pipeline
+        object with its models set to ``None``.
         """
         target = cls._class_for(mode)
-        shared = SharedPipeline.from_parts(pipeline, model_refs, nbytes, method_names or ())
+        shared = SharedPipeline.from_parts(pipeline, model_refs, nbytes, method_names or (), copies)
         return target._from_parts(shared, LoadOptions(**(options or {})), task_options)
 
     @classmethod
@@ -226,6 +228,7 @@ class ModelWrapper(metaclass=_WrapperType):
             "options": self._options.as_dict(),
             "task_options": dict(self._task_options()),
             "nbytes": dict(self._shared.nbytes),
+            "copies": self._shared.copies,
         }
 
     def _task_options(self) -> dict[str, Any]:

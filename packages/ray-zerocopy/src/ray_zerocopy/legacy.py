@@ -298,7 +298,7 @@ class Family:
         self._check_script_module(function, model)
         payload = backend_for(model).extract(model)
         table = payload.table
-        weightless = ModelPayload(payload.backend, payload.skeleton, TensorTable(table.entries, (), 0, table.nbytes))
+        weightless = ModelPayload(payload.backend, payload.skeleton, TensorTable(table.entries, (), table.nbytes))
         tensors = OrderedDict((f"storage_{i}", buffer) for i, buffer in enumerate(table.storages))
         return pickle.dumps(weightless), tensors
 
@@ -318,7 +318,7 @@ def _rebuild_extracted(model_bytes: bytes, tensors: Mapping[str, np.ndarray]) ->
     payload = ModelPayload(
         weightless.backend,
         weightless.skeleton,
-        TensorTable(table.entries, tuple(tensors.values()), 0, table.nbytes),
+        TensorTable(table.entries, tuple(tensors.values()), table.nbytes),
     )
     return get_backend(payload.backend).rebuild(payload, LoadOptions())
 

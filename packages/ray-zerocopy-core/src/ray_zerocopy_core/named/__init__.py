@@ -1,12 +1,15 @@
-"""Named shared models: publish a model under a cluster-wide name, load it by name anywhere.
+"""Named shared models: publish a model under a cluster-wide name, load it by name on any node.
 
 A wrapper (:class:`~ray_zerocopy_core.wrappers.ActorWrapper`) belongs to the process
-that created it: its weights live while that process does. That suits a batch job.
-A long-lived service (Ray Serve replicas that come and go, several applications using
-one model) needs weights that outlive the script that deployed them. This module gives
-each model a **name**: :func:`publish` stores it once, owned by a detached *holder
-actor*; :func:`load_published` returns the ready model in any worker or driver of the
-cluster, zero-copy and write-protected, like ``wrapper.load()``.
+that created it: its weights live while that process does, which suits a batch job. A
+long-lived service (Ray Serve replicas that come and go, several applications using
+one model) needs weights that outlive the script that deployed them: :func:`publish`
+stores a model under a **name**, owned by holder actors that outlive the caller, and
+:func:`load_published` returns the ready model in any worker or driver of the cluster,
+zero-copy and write-protected, like ``wrapper.load()``. Each node that loads the model
+holds its own copy, owned by a holder on that node, so losing a node loses only its
+copy; :func:`replicate` places copies ahead of time. The guide (docs/guide/named-models.md
+and docs/guide/cluster.md) walks through how it works.
 
 Example::
 
@@ -17,66 +20,46 @@ Example::
 
     # or, in each replica: the first caller builds it (once), the others load it
     model = get_or_publish("classifier", lambda: torch.load("classifier.pt", weights_only=False))
-
-How it works. A *holder* is a detached actor (``num_cpus=0``, in the Ray namespace
-:data:`NAMESPACE`, whatever the caller's namespace) that owns the stored Ray objects of
-the models published to it. By default every name goes to one shared holder
-(:data:`DEFAULT_HOLDER`), so a node pays for one extra process however many models it
-publishes; ``holder="..."`` puts a model in a holder of its own, which then lives and
-dies independently. A holder never imports torch nor touches a model (see
-:mod:`ray_zerocopy_core.named.holder`): the objects it owns are written by short Ray tasks it
-starts, whose return values Ray makes the holder own. Given a model, the caller stores
-it and a task copies each stored object, store to store, into a return object of the
-holder's (Ray 2.56 and later cannot hand an object's ownership to another process);
-the caller's copy is then freed. Given a loader, the task builds the model, stores it
-and streams the stored objects back the same way. Either way the node then holds one
-copy.
-
-Each name also has a small record in Ray's GCS key-value store (its holder, version,
-size and backends), so that a load can tell a name that was never published from one
-whose holder died.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import ray
-import torch
 from ray import cloudpickle
 
+from ray_zerocopy_core import cluster
+from ray_zerocopy_core.cluster.directory import NAMESPACE, holder_name
 from ray_zerocopy_core.errors import (
-    HolderUnavailableError,
     InvalidLoaderError,
     InvalidOptionError,
     ModelNotPublishedError,
-    WeightsUnavailableError,
+    WeightsLostError,
 )
-from ray_zerocopy_core.named import holder as _holder
-from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models
-from ray_zerocopy_core.plugin import LoadOptions, ModelSource, open_payload
+from ray_zerocopy_core.named.client import DEFAULT_HOLDER, DirectoryClient
+from ray_zerocopy_core.named.directory import kv_get, kv_names
+from ray_zerocopy_core.options import LoadOptions
+from ray_zerocopy_core.pipeline import BARE_MODEL, SharedPipeline, find_models, pipeline_models, stream_stored
+from ray_zerocopy_core.plugin import ModelSource
 from ray_zerocopy_core.process_memory import trim_heap
-from ray_zerocopy_core.registry import backend_for, find_backend
-from ray_zerocopy_core.sharing import located
-from ray_zerocopy_core.store import stored_payload
+from ray_zerocopy_core.registry import find_backend
 
-#: The Ray namespace of the holder actors: names are cluster-wide, whatever namespace
-#: the calling job runs in.
-NAMESPACE = _holder.NAMESPACE
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-#: The holder that models go to unless ``holder=`` names another.
-DEFAULT_HOLDER = "default"
+    from ray_zerocopy_core.options import LoadOverrides
 
-_CALL_TIMEOUT_S = 60.0
-_CLOSING = _holder.CLOSING
-_RETRY_S = 30.0
-_START_TIMEOUT_S = 300.0
+#: How many times get_or_publish builds a model that is lost again right after each build.
+BUILDS = 3
+
+#: How copies for other nodes are made: ``"peers"`` (pulled from nodes that hold one) or
+#: ``"files"`` (each node reads the checkpoint itself: the path must be readable there).
+CopiesFrom = Literal["peers", "files"]
 
 
 @dataclass(frozen=True)
@@ -86,92 +69,42 @@ class PublishedModel:
     Attributes:
         name: the cluster-wide name.
         version: 1 for the first publish of the name, one more on every republish.
-        nbytes: weight bytes in the object store, all models of the pipeline together.
-        backends: pipeline attribute to the backend that stored it (``{"": "nn"}`` for
-            a bare eager model).
-        holder: the holder actor that owns it (``"default"`` unless chosen).
+        nbytes: weight bytes of one copy, all models of the pipeline together.
+        backends: ``(attribute, backend)`` for each model of the pipeline (``(("", "nn"),)``
+            for a bare eager model).
+        holder: the holder group that owns it (``"default"`` unless chosen).
         built_by: ``"caller"`` (a model was given) or ``"loader"`` (its loader built it, in
-            a task the holder started).
+            a task a holder started).
         published_at: when this version was stored (seconds since the epoch).
+        nodes: the nodes that held a copy when this was read.
     """
 
     name: str
     version: int
     nbytes: int
-    backends: dict[str, str] = field(default_factory=dict)
+    backends: tuple[tuple[str, str], ...] = ()
     holder: str = DEFAULT_HOLDER
     built_by: str = "caller"
     published_at: float = 0.0
+    nodes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PublishedModel:
+        """The public view of a name's record."""
+        return cls(
+            name=record["name"],
+            version=int(record["version"]),
+            nbytes=sum(record["nbytes"].values()),
+            backends=tuple(sorted(record["backends"].items())),
+            holder=record["group"],
+            built_by=record["built_by"],
+            published_at=float(record["published_at"]),
+            nodes=tuple(record["nodes"]),
+        )
 
     def __str__(self) -> str:
-        kinds = ", ".join(sorted(set(self.backends.values()))) or "?"
+        kinds = ", ".join(sorted({backend for _, backend in self.backends})) or "?"
         return f"{self.name!r} (v{self.version}, {self.nbytes / 1024**2:.1f} MiB, {kinds})"
-
-
-def _backend_names(obj: Any, model_attr_names: Iterable[str] | None) -> dict[str, str]:
-    backend = find_backend(obj) if model_attr_names is None else None
-    if backend is not None:
-        return {"": backend.name}
-    if model_attr_names is None:
-        return {attr: backend.name for attr, (_, backend) in find_models(obj).items()}
-    return {attr: backend_for(getattr(obj, attr)).name for attr in model_attr_names}
-
-
-def _meta(shared: SharedPipeline, backends: dict[str, str]) -> dict[str, Any]:
-    """What a holder keeps besides the refs: plain data, so it never needs torch to read it."""
-    return {
-        "attrs": list(shared.refs),
-        "pipeline": shared.pickled_pipeline(),
-        "nbytes": dict(shared.nbytes),
-        "backends": backends,
-    }
-
-
-def _build_stream(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> Iterator[Any]:
-    """Runs in a task the holder submits: build, store, then stream the metadata and each stored value.
-
-    The task's streamed return objects are owned by the holder. The task's own stored
-    copy (from ``SharedPipeline.share``) is released when it ends. A checkpoint is read
-    here and its stored form streamed straight from the files, with no copy before it.
-    """
-    if isinstance(loader, ModelSource):
-        yield from _source_stream(loader)
-        return
-    model = loader()
-    shared = SharedPipeline.share(model, model_attr_names)
-    backends = _backend_names(model, model_attr_names)
-    del model
-    yield _meta(shared, backends)
-    for ref in shared.refs.values():
-        value = ray.get(ref)
-        yield value
-        del value
-    shared.release()
-    trim_heap()
-
-
-def _source_stream(source: ModelSource) -> Iterator[Any]:
-    """The metadata, then the stored model opened from ``source`` (a checkpoint: read from its files).
-
-    The source's views (mapped files) live only while its payload is stored, so the node
-    holds one copy once the stream ends.
-    """
-    backend = find_backend(source)
-    assert backend is not None
-    with open_payload(backend, source) as payload:
-        yield {
-            "attrs": [BARE_MODEL],
-            "pipeline": None,
-            "nbytes": {BARE_MODEL: payload.table.nbytes},
-            "backends": {BARE_MODEL: backend.name},
-        }
-        yield stored_payload(located(payload, backend), what=f"model {source}")
-        del payload  # the last view of the source: it is closed next
-    trim_heap()
-
-
-def _actor_name(holder: str) -> str:
-    return f"holder:{holder}"
 
 
 def _ensure_ray() -> None:
@@ -184,91 +117,9 @@ def _check_name(name: str, what: str = "A published model's name") -> None:
         raise InvalidOptionError(f"{what} must be a non-empty string, got {name!r}.")
 
 
-def _holder_handle(holder: str) -> Any | None:
-    try:
-        return ray.get_actor(_actor_name(holder), namespace=NAMESPACE)
-    except ValueError:
-        return None
-
-
-def _create_holder(holder: str, holder_options: dict[str, Any] | None) -> Any:
-    """The holder actor ``holder``, created if missing (atomically: one per holder name)."""
-    options = {
-        "num_cpus": 0,
-        "max_restarts": 0,
-        "max_concurrency": 64,
-        **(holder_options or {}),
-        "name": _actor_name(holder),
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-    }
-    handle = _holder.remote_holder_class().options(**options).remote(holder)
-    try:
-        ray.get(handle.ready.remote(), timeout=_START_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        raise HolderUnavailableError(
-            f"The ray-zerocopy holder actor {_actor_name(holder)!r} did not start within "
-            f"{_START_TIMEOUT_S:.0f} s. The cluster may lack what holder_options asks for "
-            f"({holder_options or 'nothing beyond the defaults'}); check `ray status`, or pass "
-            "holder_options that some node can satisfy."
-        ) from None
-    return handle
-
-
-def _call_holder(holder: str, holder_options: dict[str, Any] | None, method: str, *args: Any) -> Any:
-    """Call ``method`` on the holder, recreating it if it died or is closing."""
-    deadline = time.monotonic() + _RETRY_S
-    while True:
-        handle = _create_holder(holder, holder_options)
-        try:
-            result = ray.get(getattr(handle, method).remote(*args))
-        except ray.exceptions.RayActorError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # it died between lookup and call: make a new one
-            continue
-        if isinstance(result, str) and result == _CLOSING:
-            if time.monotonic() > deadline:
-                raise HolderUnavailableError(
-                    f"The ray-zerocopy holder actor {_actor_name(holder)!r} stayed in its closing state (its "
-                    f"last model was unpublished) for {_RETRY_S:.0f} s. Something keeps it alive: check "
-                    "`ray list actors` for it, or publish to another holder with holder='...'."
-                )
-            time.sleep(0.1)  # its last model was just unpublished: wait for it to go
-            continue
-        return result
-
-
-def _release(holder: str, name: str | None = None) -> None:
-    """Drop ``name`` from ``holder`` (with None, drop nothing), then stop the holder if it is left empty.
-
-    A holder that stores nothing closes itself and is killed here, so a name moved away,
-    an unpublished name or a first model that could not be built leaves no idle process.
-    """
-    handle = _holder_handle(holder)
-    if handle is None:
-        return
-    with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        closing = handle.close_if_empty.remote() if name is None else handle.release.remote(name)
-        if ray.get(closing, timeout=_CALL_TIMEOUT_S):
-            ray.kill(handle, no_restart=True)
-
-
-@contextlib.contextmanager
-def _calling_holder(name: str, holder: str) -> Iterator[None]:
-    """Around a call that publishes ``name`` to ``holder``: a dead holder says so, a failure leaves none idle.
-
-    Raises:
-        ModelNotPublishedError: the holder actor died during the call.
-    """
-    try:
-        yield
-    except ray.exceptions.RayActorError as exc:
-        raise _holder_gone(name, holder, exc) from exc
-    except BaseException:
-        _release(holder)  # a bad model or a failing loader leaves no empty holder behind
-        raise
+def _check_copies_from(copies_from: str) -> None:
+    if copies_from not in ("peers", "files"):
+        raise InvalidOptionError(f"copies_from must be 'peers' or 'files', got {copies_from!r}.")
 
 
 def _published_summary() -> str:
@@ -285,20 +136,19 @@ def _unknown(name: str) -> ModelNotPublishedError:
     )
 
 
-def _holder_gone(name: str, holder: str, cause: BaseException | None = None) -> ModelNotPublishedError:
-    detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+def _copies_gone(name: str, record: dict[str, Any], cause: BaseException) -> ModelNotPublishedError:
+    nodes = ", ".join(record["nodes"]) or "none"
     return ModelNotPublishedError(
-        f"The published model {name!r} is no longer available: its holder actor "
-        f"({_actor_name(holder)!r}, namespace {NAMESPACE!r}) died, e.g. killed or lost with its "
-        f"node, and the stored weights went with it{detail}. Models already loaded keep "
-        f"working. Publish it again with publish({name!r}, model_or_loader), or call "
-        f"get_or_publish({name!r}, loader), which recreates the holder."
+        f"The published model {name!r} (v{record['version']}) is no longer available: every node that held "
+        f"a copy died or lost it (copies were on nodes {nodes}; holder group {record['group']!r}, namespace "
+        f"{NAMESPACE!r}). Models already loaded keep working. Publish it again with publish({name!r}, "
+        f"model_or_loader), or call get_or_publish({name!r}, loader), which builds it again. ({cause})"
     )
 
 
 def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
     if isinstance(obj, ModelSource):
-        return True  # read by the holder's task, on its node
+        return True  # read by a holder's task, on its node
     if find_backend(obj) is not None or model_attr_names is not None:
         return False
     if inspect.isclass(obj) or inspect.isroutine(obj):
@@ -308,19 +158,42 @@ def _is_loader(obj: Any, model_attr_names: Iterable[str] | None) -> bool:
     return callable(obj)
 
 
-def _holder_for(name: str, holder: str | None) -> str:
-    """The holder to publish ``name`` to: the one asked for, else where it is now, else the default."""
+def _build(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> Iterator[Any]:
+    """Runs in a holder's task: build the model (or open the source) and stream its stored form."""
+    obj = loader if isinstance(loader, ModelSource) else loader()
+    try:
+        yield from stream_stored(obj, model_attr_names)
+    finally:
+        del obj
+        trim_heap()
+
+
+def _job(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> bytes:
+    """The loader as a holder's build task runs it, pickled here (holders never unpickle it)."""
+    try:
+        return bytes(cloudpickle.dumps(functools.partial(_build, loader, model_attr_names)))
+    except Exception as exc:
+        raise InvalidLoaderError(
+            f"The loader {loader!r} cannot be pickled ({type(exc).__name__}: {exc}). It runs in a "
+            "Ray task started by a holder actor, so it and everything it uses must be picklable: "
+            "use a module-level function or class, and open files or connections inside it."
+        ) from exc
+
+
+def _group_for(name: str, holder: str | None) -> str:
+    """The holder group to publish ``name`` to: the one asked for, else where it is now, else the default."""
     if holder is not None:
         _check_name(holder, "holder")
         return holder
-    known = _holder.kv_get(name)
-    return str(known["holder"]) if known else DEFAULT_HOLDER
+    known = kv_get(name)
+    return str(known["group"]) if known else DEFAULT_HOLDER
 
 
-def _moved(name: str, old: dict[str, Any] | None, new_holder: str) -> None:
-    """After ``name`` moved to ``new_holder``, drop it from the holder it was in."""
-    if old is not None and old.get("holder") != new_holder:
-        _release(str(old["holder"]), name)
+def _after_publish(name: str, previous: dict[str, Any] | None, group: str) -> None:
+    """``name`` is now in ``group``: drop its copies from the group it was in before, if another."""
+    if previous is not None and previous["group"] != group:
+        old = DirectoryClient(str(previous["group"]))
+        old.drop_moved(name, list(previous["keys"].values()), list(previous["nodes"]))
 
 
 def publish(
@@ -328,14 +201,13 @@ def publish(
     model_or_loader: Any,
     *,
     model_attr_names: Iterable[str] | None = None,
-    device: str | torch.device | None = None,
-    use_fast_load: bool = False,
-    writable: bool = False,
-    prefault: bool = False,
     holder: str | None = None,
     holder_options: dict[str, Any] | None = None,
+    nodes: str | Iterable[str] | None = None,
+    copies_from: CopiesFrom = "peers",
+    **options: Unpack[LoadOverrides],
 ) -> PublishedModel:
-    """Store a model (or pipeline) under ``name``, owned by a detached holder actor.
+    """Store a model (or pipeline) under ``name``, owned by holder actors that outlive this process.
 
     The weights outlive the calling process: a deploy script can publish and exit, and
     replicas started later still :func:`load_published` the model. Publishing a name
@@ -346,6 +218,7 @@ def publish(
 
         publish("encoder", model)                              # the caller builds the model
         publish("encoder", lambda: build_encoder("ckpt.pt"))   # built in a task, never here
+        publish("llama", Checkpoint("llama-dir/", "AutoModelForCausalLM"), nodes="all")
 
     Args:
         name: cluster-wide name (any non-empty string).
@@ -353,50 +226,111 @@ def publish(
             whose attributes are models, a zero-argument callable that returns one
             (a function, a class, a callable object without model attributes), or a
             :class:`~ray_zerocopy_core.checkpoint.Checkpoint`. A loader or a checkpoint
-            is read in a Ray task the holder actor starts, so this process never holds the
-            model; a checkpoint's bytes go from its files (on the holder's node) straight
-            into the object store, with no transient second copy.
+            is read in a Ray task on the holder group's node, so this process never
+            holds the model; a checkpoint's bytes go from its files straight into the
+            object store. A model given is stored here, then copied into a holder on this node.
         model_attr_names: pipeline attributes to share; found automatically if None.
+        holder: the holder group that owns it; None keeps the name's current group, or
+            ``"default"`` for a new name. A group of its own isolates a model.
+        holder_options: extra Ray actor options for the group's actors if this call
+            creates them (e.g. ``resources``); by default they take no CPU.
+        nodes: also place a copy on these nodes now and wait for them (see
+            :func:`replicate`): ``"all"``, or node ids. None: other nodes copy on first load.
+        copies_from: how those copies are made (see :func:`replicate`).
         device, use_fast_load, writable, prefault: the defaults of
             :func:`load_published` for this model (as for ``ActorWrapper``).
-        holder: which holder actor owns it; None keeps the name's current holder, or
-            :data:`DEFAULT_HOLDER` for a new name. Models in one holder share its
-            process; a holder of its own isolates a model (and costs one process).
-        holder_options: extra Ray actor options for the holder if this call creates it
-            (e.g. ``resources`` or a ``scheduling_strategy``); by default it takes no CPU.
 
     Returns:
         The :class:`PublishedModel` now stored under ``name``.
     """
     _check_name(name)
+    _check_copies_from(copies_from)
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
-    options = LoadOptions().merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
-    previous = _holder.kv_get(name)
-    target = _holder_for(name, holder)
-    with _calling_holder(name, target):
-        if _is_loader(model_or_loader, names):
-            job = _job(model_or_loader, names)
-            info = _call_holder(target, holder_options, "build", name, job, options.as_dict(), False)
-        else:
-            shared = SharedPipeline.share(model_or_loader, names)
-            meta = _meta(shared, _backend_names(model_or_loader, names))
-            info = _call_holder(target, holder_options, "install", name, meta, shared.refs, options.as_dict())
-            shared.release()  # the holder has its own copy now: free ours
-    _moved(name, previous, target)
-    return PublishedModel(**info)
-
-
-def _job(loader: Callable[[], Any] | ModelSource, model_attr_names: list[str] | None) -> bytes:
-    """The loader as the holder's build task runs it, pickled here (the holder never unpickles it)."""
+    defaults = LoadOptions().merged(**options).as_dict()
+    previous = kv_get(name)
+    group = _group_for(name, holder)
+    client = DirectoryClient(group, holder_options)
     try:
-        return bytes(cloudpickle.dumps(functools.partial(_build_stream, loader, model_attr_names)))
-    except Exception as exc:
-        raise InvalidLoaderError(
-            f"The loader {loader!r} cannot be pickled ({type(exc).__name__}: {exc}). It runs in a "
-            "Ray task started by the holder actor, so it and everything it uses must be picklable: "
-            "use a module-level function or class, and open files or connections inside it."
-        ) from exc
+        if _is_loader(model_or_loader, names):
+            record = client.build(name, _job(model_or_loader, names), defaults, False)
+        else:
+            shared = SharedPipeline.share(model_or_loader, names, copies=False)
+            heads = {attr: [ref] for attr, ref in shared.refs.items()}
+            backends = {attr: backend.name for attr, (_, backend) in pipeline_models(model_or_loader, names).items()}
+            extra = {"pipeline": shared.pickled_pipeline(), "nbytes": dict(shared.nbytes), "backends": backends}
+            record = client.install(name, cluster.this_node(), heads, extra, defaults)
+            shared.release()  # the holder has its own copy now: free ours
+    except BaseException:
+        client.close_if_empty()  # a bad model or a failing loader leaves no empty holder behind
+        raise
+    _after_publish(name, previous, group)
+    if nodes is not None:
+        replicate(name, nodes, copies_from=copies_from)
+        record = kv_get(name) or record
+    return PublishedModel.from_record(record)
+
+
+def replicate(
+    name: str,
+    nodes: str | Iterable[str] = "all",
+    *,
+    copies_from: CopiesFrom = "peers",
+    progress: cluster.Progress | None = None,
+) -> list[str]:
+    """Place a copy of the model published as ``name`` on ``nodes`` now, and wait for every one.
+
+    Loads on those nodes then never wait for a transfer. With ``copies_from="peers"``
+    (the default, right for most clusters) a node pulls the chunks from nodes that hold
+    or are receiving them, and forwards what it has while receiving the rest, so the
+    copies reach many nodes in about the time one transfer takes. With ``"files"``, each
+    node reads the checkpoint it was published from itself (a path every node can read:
+    shared storage, the same directory on every node, or cloud storage), and no weight
+    crosses the network; only for a name published from a checkpoint or a loader.
+
+    Example::
+
+        replicate("llama", "all", progress=lambda node, done, total: print(f"{done}/{total} nodes"))
+
+    Args:
+        name: a published name.
+        nodes: ``"all"`` (every alive node) or node ids (``ray.nodes()``'s ``NodeID``).
+        copies_from: ``"peers"`` or ``"files"``, as above.
+        progress: called as each node's copy completes: ``progress(node_id, done, total)``;
+            each also goes to the ``ray_zerocopy_core.cluster`` logger.
+
+    Returns:
+        The node ids that now hold a copy.
+
+    Raises:
+        ModelNotPublishedError: nothing is published under ``name``, or every copy is gone.
+    """
+    _check_name(name)
+    _check_copies_from(copies_from)
+    _ensure_ray()
+    record = kv_get(name)
+    if record is None:
+        raise _unknown(name)
+    targets = cluster.target_nodes(nodes)
+    client = DirectoryClient(str(record["group"]))
+    version = int(record["version"])
+    try:
+        if copies_from == "files":
+            futures = client.build_on(name, targets)
+            labels = [(node, "") for node, future in zip(targets, futures) if future is not None]
+            done = cluster.wait_for_copies(
+                [future for future in futures if future is not None], labels, targets, progress, f"{name!r}"
+            )
+        else:
+            keys = list(record["keys"].values())
+            labels = [(node, key) for node in targets for key in keys]
+            futures = [client.copy_on(key, node, list(record["nodes"])) for node, key in labels]
+            done = cluster.wait_for_copies(futures, labels, targets, progress, f"{name!r}")
+    except WeightsLostError as exc:
+        raise _copies_gone(name, record, exc) from exc
+    for node in done:
+        client.note_copy(name, version, node)
+    return done
 
 
 def get_or_publish(
@@ -404,20 +338,17 @@ def get_or_publish(
     loader: Callable[[], Any] | ModelSource,
     *,
     model_attr_names: Iterable[str] | None = None,
-    device: str | torch.device | None = None,
-    use_fast_load: bool | None = None,
-    writable: bool | None = None,
-    prefault: bool | None = None,
     holder: str | None = None,
     holder_options: dict[str, Any] | None = None,
+    **options: Unpack[LoadOverrides],
 ) -> Any:
     """Load the model published as ``name``, publishing it with ``loader`` first if needed.
 
     Safe when many processes call it at once (say, every replica's constructor): the
-    holder actor is created once (a Ray named actor, ``get_if_exists``), a lock per
-    name inside it lets ``loader`` run once, and one copy is stored; every caller then
-    gets a zero-copy load. If the holder had died, this recreates it and runs
-    ``loader`` again. An existing model is returned as is, whatever ``loader`` builds.
+    holder group's directory is created once (a Ray named actor, ``get_if_exists``), a
+    lock per name inside it lets ``loader`` run once, and one copy is stored per node;
+    every caller then gets a zero-copy load. If every copy had been lost, ``loader`` runs
+    again. An existing model is returned as is, whatever ``loader`` builds.
 
     Example::
 
@@ -429,12 +360,12 @@ def get_or_publish(
         name: cluster-wide name.
         loader: zero-argument callable that returns the model (or pipeline), or a
             :class:`~ray_zerocopy_core.checkpoint.Checkpoint`; it runs (is read) in a Ray
-            task the holder actor starts, so it and what it uses must be picklable.
+            task a holder starts, so it and what it uses must be picklable.
         model_attr_names: pipeline attributes to share; found automatically if None.
+        holder, holder_options: as for :func:`publish`.
         device, use_fast_load, writable, prefault: how this caller's copy is loaded (as
             ``wrapper.load()``); when this call publishes, they also become the model's
             defaults. None keeps the published default.
-        holder, holder_options: as for :func:`publish`.
 
     Returns:
         The ready model or pipeline.
@@ -447,38 +378,35 @@ def get_or_publish(
         )
     _ensure_ray()
     names = list(model_attr_names) if model_attr_names is not None else None
-    defaults = LoadOptions().merged(device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault)
+    defaults = LoadOptions().merged(**options).as_dict()
     job = _job(loader, names)
-    previous = _holder.kv_get(name)
-    target = _holder_for(name, holder)
-    for attempt in range(3):
-        with _calling_holder(name, target):  # if the loader fails, callers queued behind retry with a new holder
-            _call_holder(target, holder_options, "build", name, job, defaults.as_dict(), True)
-            _moved(name, previous, target)
+    previous = kv_get(name)
+    group = _group_for(name, holder)
+    client = DirectoryClient(group, holder_options)
+    builds_left = BUILDS
+    while True:
         try:
-            return load_published(
-                name, device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
-            )
+            client.build(name, job, defaults, True)
+        except BaseException:
+            client.close_if_empty()
+            raise
+        _after_publish(name, previous, group)
+        try:
+            return load_published(name, **options)
         except ModelNotPublishedError:
-            if attempt == 2:
-                raise  # unpublished or killed again each time, right after it was built
-    raise AssertionError("unreachable")
+            builds_left -= 1
+            if builds_left == 0:
+                raise  # unpublished or lost again each time, right after it was built
 
 
-def load_published(
-    name: str,
-    *,
-    device: str | torch.device | None = None,
-    use_fast_load: bool | None = None,
-    writable: bool | None = None,
-    prefault: bool | None = None,
-) -> Any:
+def load_published(name: str, **options: Unpack[LoadOverrides]) -> Any:
     """Return the ready model published as ``name``, in this process.
 
-    On the CPU (the default) its tensors alias the node's object store and are
-    read-only, exactly as ``wrapper.load()``; a worker on another node gets the object
-    transferred to its node once. Arguments left as None keep the defaults given to
-    :func:`publish`. Each call loads anew (milliseconds); keep what it returns.
+    On the CPU (the default) its tensors alias this node's copy in the object store and
+    are read-only, exactly as ``wrapper.load()``. A node without a copy gets one first,
+    from nodes that hold it (concurrent loaders on a node wait for that one copy).
+    Options left as None keep the defaults given to :func:`publish`. Each call loads anew
+    (milliseconds); keep what it returns.
 
     Example::
 
@@ -489,73 +417,81 @@ def load_published(
 
     Raises:
         ModelNotPublishedError: nothing is published under ``name`` (the message lists
-            what is), or its holder actor died (the message says how to republish).
+            what is), or every copy was lost (the message says where they were).
     """
     _check_name(name)
     _ensure_ray()
-    known = _holder.kv_get(name)
-    if known is None:
+    record = kv_get(name)
+    if record is None:
         raise _unknown(name)
-    holder = str(known["holder"])
-    handle = _holder_handle(holder)
-    if handle is None:
-        raise _holder_gone(name, holder)
+    node = cluster.this_node()
+    keys = record["keys"]
+    heads = _heads_here(record, node)
+    if heads is None:
+        client = DirectoryClient(str(record["group"]))
+        try:
+            futures = {attr: client.copy_on(key, node, list(record["nodes"])) for attr, key in keys.items()}
+            heads = {attr: cluster.resolve(future, repr(name)) for attr, future in futures.items()}
+        except WeightsLostError as exc:
+            raise _copies_gone(name, record, exc) from exc
+        if node not in record["nodes"]:
+            client.note_copy(name, int(record["version"]), node)
+    shared = SharedPipeline(record["pipeline"], heads, dict(record["nbytes"]))
+    merged = LoadOptions(**record["options"]).merged(**options)
     try:
-        record: dict[str, Any] | None = ray.get(handle.record.remote(name))
-    except ray.exceptions.RayActorError as exc:
-        raise _holder_gone(name, holder, exc) from exc
-    if record is None:  # the holder was recreated since (or the name was just unpublished)
-        if _holder.kv_get(name) is None:
-            raise _unknown(name)
-        raise _holder_gone(name, holder)
-    shared = SharedPipeline(record["pipeline"], dict(record["refs"]), dict(record["nbytes"]))
-    stored = record["options"]
-    options = LoadOptions(**stored).merged(
-        device=device, use_fast_load=use_fast_load, writable=writable, prefault=prefault
-    )
+        return shared.load(merged)
+    except WeightsLostError as exc:
+        raise _copies_gone(name, record, exc) from exc
+
+
+def _heads_here(record: dict[str, Any], node: str) -> dict[str, Any] | None:
+    """This node's heads of ``record``'s models, if this node's holder has them all (no directory involved)."""
+    if node not in record["nodes"]:
+        return None
+    holder = _node_holder(str(record["group"]), node)
+    if holder is None:
+        return None
     try:
-        return shared.load(options)
-    except WeightsUnavailableError as exc:
-        raise _holder_gone(name, holder, exc) from exc
+        heads = ray.get([holder.head.remote(key) for key in record["keys"].values()])
+    except ray.exceptions.RayActorError:
+        _node_holder.cache_clear()
+        return None
+    if any(head is None for head in heads):
+        return None
+    return dict(zip(record["keys"], heads))
+
+
+@functools.lru_cache(maxsize=64)
+def _node_holder(group: str, node: str) -> Any:
+    try:
+        return ray.get_actor(holder_name(group, node), namespace=NAMESPACE)
+    except ValueError:
+        return None
 
 
 def list_published() -> list[PublishedModel]:
-    """Every model published in the cluster now, sorted by name (sizes, backends, versions).
-
-    Names whose holder died are left out (loading one says so).
+    """Every model published in the cluster now, sorted by name (sizes, backends, versions, nodes).
 
     Example::
 
         for model in list_published():
-            print(model.name, model.version, model.nbytes, model.backends)
+            print(model.name, model.version, model.nbytes, model.nodes)
     """
     _ensure_ray()
-    holders = set()
-    for name in _holder.kv_names():
-        known = _holder.kv_get(name)
-        if known is not None:
-            holders.add(str(known["holder"]))
-    found: list[PublishedModel] = []
-    for holder in sorted(holders):
-        handle = _holder_handle(holder)
-        if handle is None:
-            continue
-        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            found.extend(PublishedModel(**info) for info in ray.get(handle.infos.remote(), timeout=_CALL_TIMEOUT_S))
-    return sorted(found, key=lambda m: m.name)
+    found = [kv_get(name) for name in kv_names()]
+    return sorted((PublishedModel.from_record(r) for r in found if r is not None), key=lambda m: m.name)
 
 
 def unpublish(name: str, *, missing_ok: bool = False) -> bool:
-    """Remove the model published as ``name``.
+    """Remove the model published as ``name``, on every node.
 
     The object-store memory is freed once every worker that loaded the model has
     dropped it (their loads keep working until then). New loads of ``name`` raise
-    :class:`~ray_zerocopy_core.errors.ModelNotPublishedError`. A holder actor left with
-    no model is stopped.
+    :class:`~ray_zerocopy_core.errors.ModelNotPublishedError`. Holder actors left with
+    no model are stopped.
 
     Returns:
-        True if ``name`` was published (or its holder had died), False if nothing was
-        and ``missing_ok`` is set.
+        True if ``name`` was published, False if nothing was and ``missing_ok`` is set.
 
     Raises:
         ModelNotPublishedError: nothing is published under ``name`` and ``missing_ok``
@@ -563,30 +499,28 @@ def unpublish(name: str, *, missing_ok: bool = False) -> bool:
     """
     _check_name(name)
     _ensure_ray()
-    known = _holder.kv_get(name)
+    known = kv_get(name)
     if known is None:
         if missing_ok:
             return False
         raise _unknown(name)
-    _release(str(known["holder"]), name)
-    _holder.kv_delete(name)
+    DirectoryClient(str(known["group"])).unpublish(name)
+    _node_holder.cache_clear()
     return True
 
 
-def holder_private_memory(holder: str = DEFAULT_HOLDER) -> int:
-    """Private memory (bytes) of a holder actor's process: shows it keeps no weights.
+def holder_private_memory(holder: str = DEFAULT_HOLDER, node: str | None = None) -> int:
+    """Private memory (bytes) of the holder group's actor on ``node`` (default: this node): it keeps no weights.
 
     The stored weights are shared memory and do not count; after :func:`publish` with a
     loader, this stays far below the model's size.
     """
     _ensure_ray()
-    handle = _holder_handle(holder)
-    if handle is None:
-        raise ModelNotPublishedError(f"No holder actor {holder!r} is running (nothing was published to it).")
-    return int(ray.get(handle.private_memory.remote(), timeout=_CALL_TIMEOUT_S))
+    return DirectoryClient(holder).holder_memory(node or cluster.this_node())
 
 
 __all__ = [
+    "BARE_MODEL",
     "DEFAULT_HOLDER",
     "NAMESPACE",
     "PublishedModel",
@@ -595,5 +529,6 @@ __all__ = [
     "list_published",
     "load_published",
     "publish",
+    "replicate",
     "unpublish",
 ]
