@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import sys
 import threading
 import warnings
@@ -56,6 +57,44 @@ _library: ctypes.CDLL | None = None
 _unavailable: str | None = None  # why the handler could not be installed, once known
 
 
+def _elf_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be a whole shared library for this process, or None.
+
+    dlopen maps each segment the file's program headers name; a segment past the end
+    of a truncated file is mapped all the same, and reading it kills the process with
+    SIGBUS. So the headers are checked against the file's size before dlopen sees it.
+    """
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        return "it is not an ELF shared library"
+    bits = {1: 32, 2: 64}.get(data[4])
+    if bits != 8 * ctypes.sizeof(ctypes.c_void_p):
+        return f"it is a {bits}-bit library in a {8 * ctypes.sizeof(ctypes.c_void_p)}-bit process"
+    order = {1: "<", 2: ">"}.get(data[5])
+    if order != ("<" if sys.byteorder == "little" else ">"):
+        return "its byte order is not this machine's"
+    (machine,) = struct.unpack_from(f"{order}18xH", data)
+    try:
+        with open("/proc/self/exe", "rb") as executable:  # this interpreter: an ELF file for this machine
+            (here,) = struct.unpack_from(f"{order}18xH", executable.read(20))
+    except (OSError, struct.error):
+        here = machine  # no way to tell here; dlopen refuses a foreign library all the same
+    if machine != here:
+        return f"it is built for another architecture (ELF machine {machine}; this process runs on {here})"
+    if bits == 64:
+        phoff, phentsize, phnum = struct.unpack_from(f"{order}32xQ14xHH", data)
+        segment = f"{order}8xQ16xQ"  # p_offset, p_filesz
+    else:
+        phoff, phentsize, phnum = struct.unpack_from(f"{order}28xI10xHH", data)
+        segment = f"{order}4xI8xI"  # p_offset, p_filesz
+    if phoff + phnum * phentsize > len(data):
+        return f"it is truncated ({len(data)} bytes)"
+    for index in range(phnum):
+        offset, filesz = struct.unpack_from(segment, data, phoff + index * phentsize)
+        if offset + filesz > len(data):
+            return f"it is truncated ({len(data)} bytes, a segment ends at byte {offset + filesz})"
+    return None
+
+
 def _open_library(path: Path) -> ctypes.CDLL | str:
     """The handler library at ``path``, checked, with its functions typed; else why it cannot be used."""
     if not path.is_file():
@@ -63,6 +102,9 @@ def _open_library(path: Path) -> ctypes.CDLL | str:
             f"{path.name} is not in the installed package (it was installed from source "
             "without a C compiler, or on a platform without a ray-zerocopy-core wheel)"
         )
+    problem = _elf_problem(path.read_bytes())
+    if problem is not None:
+        return f"{path} could not be loaded: {problem}"
     try:
         library = ctypes.CDLL(str(path))
     except OSError as exc:
