@@ -99,8 +99,8 @@ def _open_library(path: Path) -> ctypes.CDLL | str:
     """The handler library at ``path``, checked, with its functions typed; else why it cannot be used."""
     if not path.is_file():
         return (
-            f"{path.name} is not in the installed package (it was installed from source "
-            "without a C compiler, or on a platform without a ray-zerocopy-core wheel)"
+            f"{path.name} is not in the installed package: it was installed from source "
+            "without a C compiler, or on a platform without a ray-zerocopy-core wheel"
         )
     problem = _elf_problem(path.read_bytes())
     if problem is not None:
