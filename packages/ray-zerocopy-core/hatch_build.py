@@ -69,7 +69,7 @@ def compile_library(source: Path, target: Path) -> str | None:
     return None
 
 
-class FaultExplainerBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+class FaultExplainerBuildHook(BuildHookInterface):
     """Adds the compiled explainer to core's wheel (or to the source tree, for an editable install)."""
 
     PLUGIN_NAME = "custom"
