@@ -86,8 +86,11 @@ def tests_minimum(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
     install_project(session, extras="[jit,export]")
-    # hatchling: sdist->wheel (test_packaging); transformers: a Hugging Face model exported (test_export)
-    session.install(*TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "transformers")
+    # hatchling: sdist->wheel, auditwheel: core's wheel can be manylinux (test_packaging);
+    # transformers: a Hugging Face model exported (test_export)
+    session.install(
+        *TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "auditwheel", "transformers"
+    )
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
     run_pytest(session, "-m", "not slow", "tests_integration")
 

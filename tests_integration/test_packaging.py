@@ -9,13 +9,20 @@ extra per backend distribution, and each shipping the license its metadata names
 
 The wheels are built the way a release is: an sdist of each distribution, then a wheel
 from each unpacked sdist, offline, with the hatchling installed in this environment.
+Core's wheel is the one that is not pure Python: its build hook compiles the fault
+explainer into it (``py3-none-<platform>``). The checks at the end install it, and
+core's sdist, where no C compiler can be found, and make a protected load with each.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import re
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from importlib import metadata
@@ -259,3 +266,128 @@ def test_every_wheel_ships_the_license_its_metadata_names(wheels: dict[str, zipf
         assert PROJECTS[name]["license"] == "Apache-2.0", f"{name}: check its LICENSE against the new license"
         assert "Apache License\n                           Version 2.0, January 2004" in text, name
         assert text.rstrip().endswith("limitations under the License."), f"{name}: LICENSE is not the whole text"
+
+
+#: The compiled fault explainer inside core's package, and the source it is built from.
+EXPLAINER = "ray_zerocopy_core/_fault_explainer.so"
+EXPLAINER_SOURCE = "src/ray_zerocopy_core/_fault_explainer.c"
+CORE_TESTS = ROOT / "packages" / "ray-zerocopy-core" / "tests"
+
+#: A protected load (a table in /dev/shm, as Ray lays it out), a JSON report, then an in-place write.
+PROTECTED_LOAD = """\
+import json, shutil, warnings
+import torch
+from shm_tables import stored_in_shared_memory, weights_table
+import ray_zerocopy_core
+from ray_zerocopy_core import fault_explainer, memory
+from ray_zerocopy_core.loading import materialize
+from ray_zerocopy_core.plugin import LoadOptions
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    (weight,) = materialize(stored_in_shared_memory(weights_table(64 * 1024)), LoadOptions())
+    (other,) = materialize(stored_in_shared_memory(weights_table(64 * 1024)), LoadOptions())
+with open("/proc/self/maps") as maps:
+    mapped = sorted({line.split()[-1] for line in maps if "explainer" in line.split()[-1].rsplit("/", 1)[-1]})
+print(json.dumps({
+    "package": ray_zerocopy_core.__file__,
+    "compiler": [shutil.which(name) for name in ("cc", "gcc", "clang")],
+    "mapped": mapped,
+    "protected": len(memory.protected_ranges()),
+    "equal": torch.equal(weight, torch.arange(16 * 1024, dtype=torch.float32)),
+    "warnings": [str(w.message) for w in caught if "fault explainer" in str(w.message)],
+}), flush=True)
+weight.mul_(2.0)
+print("not reached", flush=True)
+"""
+
+
+def without_a_compiler(tmp_path: Path) -> dict[str, str]:
+    """This environment with PATH an empty folder and CC unset: no C compiler can be found."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in {"CC", "RAY_ZEROCOPY_CACHE_DIR"}}
+    return {**env, "PATH": str(empty), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+
+
+def protected_load(site: Path, env: dict[str, str]) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    """PROTECTED_LOAD run against the core installed in ``site``: its report, and how the process ended."""
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(site), str(CORE_TESTS)])}
+    done = subprocess.run(
+        [sys.executable, "-c", PROTECTED_LOAD], capture_output=True, text=True, env=env, timeout=300, cwd=site
+    )
+    assert done.stdout.startswith("{"), f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[0])
+    assert report["package"].startswith(str(site)), report  # the installed copy, not the working tree's
+    assert report["compiler"] == [None, None, None], report
+    assert report["equal"] and report["protected"] == 2, report
+    assert done.returncode == -11 and "not reached" not in done.stdout, done.stderr  # the write was stopped
+    return report, done
+
+
+def pip_install(*args: str, env: dict[str, str] | None = None) -> None:
+    """``pip install`` offline, with no cache and this environment's hatchling; fails the test on an error."""
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--no-cache-dir"]
+    done = subprocess.run([*command, "--no-build-isolation", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fault explainer is built on Linux only")
+def test_core_wheel_carries_the_compiled_explainer_and_says_its_platform(wheels: dict[str, zipfile.ZipFile]) -> None:
+    core = wheels[CORE]
+    platform_tag = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    assert Path(core.filename).name == f"ray_zerocopy_core-{VERSION}-py3-none-{platform_tag}.whl"
+    assert "\nRoot-Is-Purelib: false\n" in read(core, ".dist-info/WHEEL")
+    assert EXPLAINER in core.namelist()
+    assert core.read(EXPLAINER)[:4] == b"\x7fELF"
+    assert not [name for name in core.namelist() if name.endswith(".c")], "the C source stays in the sdist"
+    for name, wheel in wheels.items():
+        if name != CORE:
+            assert Path(wheel.filename).name.endswith("-py3-none-any.whl"), name
+
+
+def test_core_sdist_carries_the_source_and_the_build_hook_not_a_library(sdists: dict[str, Path]) -> None:
+    with tarfile.open(sdists[CORE]) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {EXPLAINER_SOURCE, "hatch_build.py"} <= names
+    assert not [name for name in names if name.endswith(".so")], names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="write protection is Linux only")
+def test_the_wheels_explainer_is_used_with_no_compiler_anywhere(
+    wheels: dict[str, zipfile.ZipFile], tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    pip_install("--target", str(site), wheels[CORE].filename)
+    report, done = protected_load(site, without_a_compiler(tmp_path))
+    assert report["mapped"] == [str(site / EXPLAINER)] and report["warnings"] == [], report
+    assert done.stderr.count("read-only") == 1 and "load(writable=True)" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="write protection is Linux only")
+def test_an_install_from_the_sdist_without_a_compiler_works_and_warns_once(
+    sdists: dict[str, Path], tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    env = without_a_compiler(tmp_path)
+    pip_install("--target", str(site), str(sdists[CORE]), env=env)
+    assert (site / "ray_zerocopy_core" / "fault_explainer.py").is_file()
+    assert not (site / EXPLAINER).exists()
+    report, done = protected_load(site, env)
+    assert report["mapped"] == [], report
+    (warning,) = report["warnings"]  # one, for two protected loads
+    assert "_fault_explainer.so is not in the installed package" in warning, warning
+    assert "still write-protected" in warning and "C compiler" in warning, warning
+    assert "read-only" not in done.stderr  # stopped, without the explanation
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="manylinux is a Linux tag")
+def test_core_wheel_qualifies_for_a_manylinux_tag(wheels: dict[str, zipfile.ZipFile]) -> None:
+    """The library links only what manylinux allows, so ``auditwheel repair`` can tag it for PyPI."""
+    require("auditwheel", "checks that core's platform wheel can be tagged manylinux")
+    done = subprocess.run(
+        [sys.executable, "-m", "auditwheel", "show", wheels[CORE].filename], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    found = re.search(r'consistent with\s+the following platform tag:\s+"(manylinux_\d+_\d+_\w+)"', done.stdout)
+    assert found, done.stdout
+    assert "requires no external shared libraries" in done.stdout, done.stdout

@@ -6,12 +6,20 @@
  * handler is put back: a real fault re-runs the faulting instruction into it, and a
  * SIGSEGV sent with kill() is raised again for it, so every SIGSEGV ends as it
  * would have without this file.
+ *
+ * Built into the package when its wheel is built (hatch_build.py) and loaded with ctypes
+ * by fault_explainer.py, which calls rzc_abi_version() first: a library whose answer is
+ * not the number that module expects is not used.
  */
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
+/* Raise with any change to the functions below; fault_explainer.ABI_VERSION must match. */
+#ifndef RZC_ABI_VERSION
+#define RZC_ABI_VERSION 1
+#endif
 #define RZC_MAX_RANGES 4096
 #define RZC_MAX_MESSAGE 2048
 
@@ -41,6 +49,9 @@ static void explain(int signum, siginfo_t *info, void *context) {
     sigaction(SIGSEGV, &previous, NULL);
     if (!from_fault) raise(signum); /* delivered to the previous handler once this one returns */
 }
+
+/* The interface this library implements (see RZC_ABI_VERSION). */
+int rzc_abi_version(void) { return RZC_ABI_VERSION; }
 
 /* Install once; returns 0 on success (or if already installed), -1 if sigaction failed. */
 int rzc_install(const char *text) {

@@ -5,29 +5,30 @@ Pages of weights that alias the object store are read-only in a loading process
 SIGSEGV. This module installs, once per process, a signal handler that writes
 :data:`FAULT_MESSAGE` first when the faulting address lies in protected weights.
 
-The handler is a few lines of C (``_fault_explainer.c``, shipped with the package),
-compiled on first use with the system C compiler and cached per user. It runs
-without Python: a write from a thread that holds no GIL (torch's intra-op threads,
-C extensions) cannot deadlock it. Every SIGSEGV then goes on to the handler that was
-installed before (Python's faulthandler, or the default), so crashes that have
-nothing to do with shared weights, and ``kill -SEGV``, end exactly as before.
+The handler is a few lines of C (``_fault_explainer.c``), compiled when the package
+is built (``hatch_build.py``: into the wheel, or into the source tree for an editable
+install) and loaded with ctypes from :data:`LIBRARY`, inside this package, and from
+nowhere else: nothing is compiled at run time, and no cache or temporary folder is
+ever searched. It runs without Python: a write from a thread that holds no GIL
+(torch's intra-op threads, C extensions) cannot deadlock it. Every SIGSEGV then goes
+on to the handler that was installed before (Python's faulthandler, or the default),
+so crashes that have nothing to do with shared weights, and ``kill -SEGV``, end
+exactly as before.
 
-Without a C compiler the handler is not installed: a write is still stopped by
-SIGSEGV, and a warning said so once when the weights were protected.
+When the library is missing (installed where no wheel fits and no C compiler was
+there) or unusable (corrupt, another architecture, another version), writes are still
+stopped by SIGSEGV, only without the message; the first protected load warns once,
+naming the reason. Nothing about the library can make a load fail.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import hashlib
 import logging
-import os
-import platform
-import subprocess
+import struct
 import sys
-import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -39,53 +40,110 @@ FAULT_MESSAGE = (
     "Load a private copy with .load(writable=True) to modify weights.\n"
 )
 
-#: Environment variable naming the folder where the compiled handler is cached.
-CACHE_DIR_ENV = "RAY_ZEROCOPY_CACHE_DIR"
+#: The compiled handler: the one place it is loaded from.
+LIBRARY = Path(__file__).with_name("_fault_explainer.so")
+#: The interface the library must report through ``rzc_abi_version()`` (``RZC_ABI_VERSION`` in the C file).
+ABI_VERSION = 1
 
-_SOURCE = Path(__file__).with_name("_fault_explainer.c")
+#: The library's functions and their argument types, checked before any is called.
+_FUNCTIONS: dict[str, tuple[type, ...]] = {
+    "rzc_install": (ctypes.c_char_p,),
+    "rzc_add_range": (ctypes.c_size_t, ctypes.c_size_t),
+    "rzc_remove_range": (ctypes.c_size_t,),
+}
+
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _unavailable: str | None = None  # why the handler could not be installed, once known
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ray-zerocopy"
+def _elf_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be a whole shared library for this process, or None.
 
-
-def _compiled_library() -> Path:
-    """The handler's shared object for this source and machine, compiled once per user."""
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
+    dlopen maps each segment the file's program headers name; a segment past the end
+    of a truncated file is mapped all the same, and reading it kills the process with
+    SIGBUS. So the headers are checked against the file's size before dlopen sees it.
+    """
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        return "it is not an ELF shared library"
+    bits = {1: 32, 2: 64}.get(data[4])
+    if bits != 8 * ctypes.sizeof(ctypes.c_void_p):
+        return f"it is a {bits}-bit library in a {8 * ctypes.sizeof(ctypes.c_void_p)}-bit process"
+    order = {1: "<", 2: ">"}.get(data[5])
+    if order != ("<" if sys.byteorder == "little" else ">"):
+        return "its byte order is not this machine's"
+    (machine,) = struct.unpack_from(f"{order}18xH", data)
     try:
-        folder = _cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.gettempdir()) / f"ray-zerocopy-{os.getuid()}"
-        folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"fault_explainer-{digest}.so"
-    if target.exists():
-        return target
-    with open(folder / "compile.lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)  # workers starting together compile it once
-        if not target.exists():
-            compiler = os.environ.get("CC", "cc")
-            partial = folder / f".{target.name}.{os.getpid()}"
-            subprocess.run(
-                [compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(_SOURCE)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            os.replace(partial, target)
-    return target
+        with open("/proc/self/exe", "rb") as executable:  # this interpreter: an ELF file for this machine
+            (here,) = struct.unpack_from(f"{order}18xH", executable.read(20))
+    except (OSError, struct.error):
+        here = machine  # no way to tell here; dlopen refuses a foreign library all the same
+    if machine != here:
+        return f"it is built for another architecture (ELF machine {machine}; this process runs on {here})"
+    if bits == 64:
+        phoff, phentsize, phnum = struct.unpack_from(f"{order}32xQ14xHH", data)
+        segment = f"{order}8xQ16xQ"  # p_offset, p_filesz
+    else:
+        phoff, phentsize, phnum = struct.unpack_from(f"{order}28xI10xHH", data)
+        segment = f"{order}4xI8xI"  # p_offset, p_filesz
+    if phoff + phnum * phentsize > len(data):
+        return f"it is truncated ({len(data)} bytes)"
+    for index in range(phnum):
+        offset, filesz = struct.unpack_from(segment, data, phoff + index * phentsize)
+        if offset + filesz > len(data):
+            return f"it is truncated ({len(data)} bytes, a segment ends at byte {offset + filesz})"
+    return None
+
+
+def _open_library(path: Path) -> ctypes.CDLL | str:
+    """The handler library at ``path``, checked, with its functions typed; else why it cannot be used."""
+    if not path.is_file():
+        return (
+            f"{path.name} is not in the installed package: it was installed from source "
+            "without a C compiler, or on a platform without a ray-zerocopy-core wheel"
+        )
+    problem = _elf_problem(path.read_bytes())
+    if problem is not None:
+        return f"{path} could not be loaded: {problem}"
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"{path} could not be loaded: {exc}"
+    try:
+        abi_version = library.rzc_abi_version
+    except AttributeError:
+        return f"{path} is not this release's explainer: it has no rzc_abi_version function"
+    abi_version.argtypes = ()
+    abi_version.restype = ctypes.c_int
+    found = abi_version()
+    if found != ABI_VERSION:
+        return f"{path} implements explainer interface {found}; this release needs {ABI_VERSION}"
+    for name, argtypes in _FUNCTIONS.items():
+        try:
+            function = getattr(library, name)
+        except AttributeError:
+            return f"{path} lacks the function {name}"
+        function.argtypes = argtypes
+        function.restype = ctypes.c_int if name != "rzc_remove_range" else None
+    return library
+
+
+def _warn_unavailable(reason: str) -> None:
+    """Say once per process that writes will be stopped without the explanation, and why."""
+    message = (
+        f"ray-zerocopy: the fault explainer is not available ({reason}). Weights are still "
+        "write-protected: an in-place write still stops the process with SIGSEGV, only without "
+        "the message naming the cause. To get it, reinstall ray-zerocopy-core from a wheel built "
+        "for this platform, or from source where a C compiler (cc, or $CC) is available."
+    )
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    except Warning:  # warnings are errors here: a missing message must not fail the load
+        logger.warning(message)
 
 
 def _load() -> ctypes.CDLL | None:
-    """Load (compiling on first use) and install the handler; None, with the reason kept, if impossible."""
+    """Load and install the handler once; None, with the reason kept (and warned once), if impossible."""
     global _library, _unavailable
     with _lock:
         if _library is not None or _unavailable is not None:
@@ -94,22 +152,17 @@ def _load() -> ctypes.CDLL | None:
             _unavailable = f"no fault explainer on {sys.platform}"
             return None
         try:
-            library = ctypes.CDLL(str(_compiled_library()))
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            _unavailable = (
-                f"the fault explainer could not be compiled ({exc} {detail.decode(errors='replace')})".strip()
-            )
-            logger.debug(_unavailable)
+            opened = _open_library(LIBRARY)
+            if not isinstance(opened, str) and opened.rzc_install(FAULT_MESSAGE.encode()) != 0:
+                opened = "sigaction(SIGSEGV) failed"
+        except Exception as exc:  # nothing about the explainer may break a load
+            opened = f"{LIBRARY} failed: {type(exc).__name__}: {exc}"
+        if isinstance(opened, str):
+            _unavailable = opened
+            _warn_unavailable(opened)
             return None
-        library.rzc_install.argtypes = (ctypes.c_char_p,)
-        library.rzc_add_range.argtypes = (ctypes.c_size_t, ctypes.c_size_t)
-        library.rzc_remove_range.argtypes = (ctypes.c_size_t,)
-        if library.rzc_install(FAULT_MESSAGE.encode()) != 0:
-            _unavailable = "sigaction(SIGSEGV) failed"
-            return None
-        _library = library
-        return library
+        _library = opened
+        return opened
 
 
 def install() -> str | None:
