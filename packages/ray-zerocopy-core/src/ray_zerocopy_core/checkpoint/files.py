@@ -478,7 +478,25 @@ def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]
         else:
             tensor = mapped_bytes(mapping, data_start + entry.begin, entry.end - entry.begin)
             tensor = tensor.view(entry.dtype).reshape(entry.shape)
+            check_booleans(where, entry.key, tensor)
         yield FileTensor(entry.key, path, tensor)
+
+
+def check_booleans(where: str, key: str, tensor: torch.Tensor) -> None:
+    """A ``bool`` tensor's bytes are all 0 or 1: torch's kernels assume so, and other values are undefined there.
+
+    Raises:
+        CheckpointError: another byte value is found; the file is corrupted or hostile.
+    """
+    if tensor.dtype != torch.bool or tensor.numel() == 0:
+        return
+    raw = tensor.view(torch.uint8)
+    if int(raw.max()) > 1:
+        position = int((raw.reshape(-1) > 1).nonzero()[0])
+        raise CheckpointError(
+            f"{where}: the boolean tensor {_short(key)} holds the byte {int(raw.reshape(-1)[position])} at element "
+            f"{position}; booleans are stored as 0 or 1. The file is corrupted: download or save it again."
+        )
 
 
 # --- torch.save'd files ------------------------------------------------------------------
@@ -536,7 +554,10 @@ def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
 
 
 def _check_saved_tensor(where: str, key: Any, tensor: Any) -> None:
-    """A state dict entry: a string key and a plain, dense CPU tensor within its storage."""
+    """A state dict entry: a string key and a plain, dense CPU tensor whose values are its bytes.
+
+    torch itself refuses sizes and strides that reach past a tensor's storage while it loads.
+    """
     if not isinstance(key, str):
         raise CheckpointError(
             f"{where} holds a dict with the key {_short(key)} ({type(key).__qualname__}); a state dict's keys are "
@@ -548,22 +569,17 @@ def _check_saved_tensor(where: str, key: Any, tensor: Any) -> None:
             "tensors. Save model.state_dict() (not the model, nor a dict of other objects)."
         )
     if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested or tensor.device.type != "cpu":
-        kind = "quantized" if tensor.is_quantized else f"{tensor.layout}, {tensor.device.type}"
+        kind = "quantized" if tensor.is_quantized else "nested" if tensor.is_nested else f"{tensor.layout}"
         raise CheckpointError(
-            f"{where} holds {key!r} as a {kind} tensor; only dense (strided) CPU tensors with their data in the file "
-            "can be shared. Save the dense weights (tensor.to_dense(), or dequantize) and share those."
+            f"{where} holds {key!r} as a {kind} tensor on {tensor.device}; only dense (strided, not quantized) "
+            "tensors with their data in the file can be shared. Save the dense weights (tensor.to_dense(), "
+            "tensor.dequantize()) and share those."
         )
-    if tensor.numel() == 0:
-        return
-    last = tensor.storage_offset() + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
-    if (
-        tensor.storage_offset() < 0
-        or min(tensor.stride(), default=0) < 0
-        or (last + 1) * tensor.element_size() > (tensor.untyped_storage().nbytes())
-    ):
+    check_booleans(where, key, tensor)
+    if tensor.is_conj() or tensor.is_neg():
         raise CheckpointError(
-            f"{where} holds {key!r} with sizes and strides that reach past its storage: the file is corrupted. "
-            "Copy or save it again."
+            f"{where} holds {key!r} with a pending conjugation or negation (its bytes are not its values). Save "
+            "tensor.resolve_conj().resolve_neg() instead."
         )
 
 
