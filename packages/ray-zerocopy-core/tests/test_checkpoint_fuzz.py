@@ -123,15 +123,16 @@ def described(raw: bytes) -> Described | None:
         header = json.loads(text, object_pairs_hook=_no_repeats, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         return None
-    if not text.startswith("{") or not isinstance(header, dict):
+    if not isinstance(header, dict):
         return None
-    metadata = header.pop("__metadata__", {})
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         return None
     out: Described = {}
     spans = []
     for key, info in header.items():
-        if not isinstance(info, dict) or sorted(info) != ["data_offsets", "dtype", "shape"]:
+        if not isinstance(info, dict) or not {"data_offsets", "dtype", "shape"} <= set(info):
             return None
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(code, str) or code not in SAFETENSORS_DTYPES or not _counts(shape) or not _counts(offsets):
@@ -327,7 +328,10 @@ SPECIAL_HEADERS = {
     "a lone surrogate": b'{"\\ud800": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}',
     "not UTF-8": b'{"\xff": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}',
     "UTF-16": '{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}'.encode("utf-16"),
-    "leading space": b' {"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}',
+    "valid, with whitespace before and after": b' \n{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}\t ',
+    "valid, with an unknown field and null metadata": b'{"__metadata__": null, "a": {"dtype": "U8", "shape": [2], '
+    b'"data_offsets": [0, 2], "note": [1]}}',
+    "a missing field": b'{"a": {"dtype": "U8", "data_offsets": [0, 2]}}',
     "a gap": b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}',
     "overlap": b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}, '
     b'"b": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}',

@@ -318,7 +318,7 @@ class HeaderEntry:
     end: int
 
 
-#: The fields of a safetensors tensor entry: no more, no fewer.
+#: The fields every safetensors tensor entry has (others are ignored, as the safetensors library ignores them).
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 #: Strides and sizes are int64 in torch: a shape whose non-zero dimensions multiply past this is refused.
 _MAX_ELEMENTS = 2**63 - 1
@@ -328,12 +328,14 @@ def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> l
     """Check every field of a safetensors header (the JSON bytes) against a data section of ``data_size`` bytes.
 
     What the format requires is checked before any tensor is made: the header is a
-    UTF-8 JSON object starting with ``{``, no key twice; ``__metadata__``, if present,
-    maps strings to strings; every other entry is an object with exactly ``dtype`` (a
-    known code), ``shape`` (non-negative integers) and ``data_offsets`` (two
-    non-negative integers, begin <= end) whose byte count is the shape's; the tensors
-    tile the data section exactly, without overlaps or gaps, as the format prescribes
-    (a file with bytes no tensor owns is not safetensors).
+    UTF-8 JSON object, no key twice; ``__metadata__``, if present and not null, maps
+    strings to strings; every other entry is an object with ``dtype`` (a known code),
+    ``shape`` (non-negative integers) and ``data_offsets`` (two non-negative integers,
+    begin <= end) whose byte count is the shape's; the tensors tile the data section
+    exactly, without overlaps or gaps, as the format prescribes (a file with bytes no
+    tensor owns is not safetensors). Where the safetensors library is lenient and the
+    leniency is harmless, so is this reader: other fields of an entry are ignored, and
+    whitespace may precede the header's JSON.
 
     Alignment is not required: a tensor at an address that is not a multiple of its
     item size (files written with an unpadded header, or after an odd-sized ``U8``
@@ -347,8 +349,6 @@ def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> l
     """
     where = f"The safetensors file {str(path)!r}"
     fix = "The file is corrupted, or is not safetensors: download or save it again."
-    if not raw_header.startswith(b"{"):
-        raise CheckpointError(f"{where} has a header that does not start with '{{': {fix}")
     try:
         header = parse_json_object(raw_header)
     except ValueError as exc:
@@ -383,6 +383,8 @@ def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> l
 
 
 def _check_metadata(where: str, metadata: Any, fix: str) -> None:
+    if metadata is None:  # no metadata, as the safetensors library reads it
+        return
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(
             f"{where} has a '__metadata__' that is not an object of string to string ({_short(metadata)}). {fix}"
@@ -407,16 +409,15 @@ def _header_entry(where: str, key: str, info: Any, data_size: int, fix: str) -> 
         raise CheckpointError(f"{entry} has a name that is not valid Unicode (a lone surrogate). {fix}") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{entry} is a {_json_type(info)}, not an object. {fix}")
-    if info.keys() != _ENTRY_FIELDS:
-        fields = ", ".join(sorted(map(repr, info)))
-        raise CheckpointError(
-            f"{entry} has the fields [{fields}]; it must have exactly 'dtype', 'shape' and 'data_offsets'. {fix}"
-        )
+    if missing_fields := _ENTRY_FIELDS - info.keys():
+        missing = ", ".join(sorted(map(repr, missing_fields)))
+        raise CheckpointError(f"{entry} lacks {missing}; every entry has 'dtype', 'shape' and 'data_offsets'. {fix}")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
         raise CheckpointError(
             f"{entry} has the dtype {_short(code)}, which is not one ray-zerocopy reads "
-            f"({', '.join(SAFETENSORS_DTYPES)}). {fix}"
+            f"({', '.join(SAFETENSORS_DTYPES)}). Save the tensor in one of these dtypes; if the file was "
+            "written so, it is corrupted: download or save it again."
         )
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise CheckpointError(
