@@ -368,6 +368,20 @@ def test_negative_dimension_and_index_weight_map_escapes_named_by_the_issue(tmp_
         CheckpointFiles(directory)
 
 
+def test_headers_and_indexes_over_the_size_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The format's 100 MB limit, lowered so that a small file crosses it."""
+    monkeypatch.setattr(checkpoint_files, "MAX_JSON_BYTES", 64)
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(assemble(SPECIAL_HEADERS["valid, with an empty tensor and metadata"], b"\x01\x02"))
+    with pytest.raises(CheckpointError, match=r"long\.safetensors' says its header is \d+ bytes, more than the 64"):
+        CheckpointFiles(path)
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "long.safetensors"}}) + " " * 64
+    )
+    with pytest.raises(CheckpointError, match=r"index\.json' is \d+ bytes, more than the 64"):
+        CheckpointFiles(tmp_path)
+
+
 # --- garbage under every suffix -------------------------------------------------------------
 
 

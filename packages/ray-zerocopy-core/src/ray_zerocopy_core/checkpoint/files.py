@@ -273,7 +273,7 @@ def _indexed_shard(index: Path, name: str, weight_map: dict[str, str]) -> Path:
             f"The checkpoint index {str(index)!r} names the shard {name!r} (for {len(names)} tensors, "
             f"e.g. {names[0]!r}), but {str(shard)!r} does not exist. Copy every shard next to the index."
         )
-    return _regular_file(shard, f"The shard {name!r} of the checkpoint index {str(index)!r},")
+    return _regular_file(shard, f"The shard (named by {index.name})")
 
 
 def check_index_matches(index: Path, weight_map: dict[str, str], tensors: dict[str, FileTensor]) -> None:
@@ -617,7 +617,10 @@ class CheckpointFiles:
         if file.suffix == ".safetensors":
             with open(file, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size == 0:
-                    raise CheckpointError(f"The safetensors file {str(file)!r} is empty.")
+                    raise CheckpointError(
+                        f"The safetensors file {str(file)!r} is empty: it was not written completely. Copy or save "
+                        "it again."
+                    )
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             with contextlib.suppress(AttributeError, OSError):  # start reading the file ahead, in the kernel
                 mapping.madvise(mmap.MADV_WILLNEED)
