@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+#: The largest safetensors header (and index file) read: the limit the safetensors format sets.
+MAX_JSON_BYTES = 100_000_000
 
 #: safetensors dtype codes (the format's own names) and the torch dtypes they hold.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -94,28 +96,53 @@ class FileTensor:
     tensor: torch.Tensor
 
 
+# --- where the files are -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """The files a checkpoint path stands for and, when an index names them, the index's map.
+
+    ``weight_map`` maps each tensor name to the shard file that holds it, as the index
+    says; :class:`CheckpointFiles` checks the shards against it once they are read.
+    """
+
+    paths: list[Path]
+    index: Path | None = None
+    weight_map: dict[str, str] | None = None
+
+
 def resolve_files(path: Path) -> list[Path]:
-    """The checkpoint files ``path`` stands for, each checked to exist.
+    """The checkpoint files ``path`` stands for, each checked to exist and to be a regular file.
 
     Raises:
         CheckpointNotFoundError: ``path`` or a shard its index names does not exist, or a
             directory holds no checkpoint file.
+        CheckpointError: an index is malformed or names a shard outside its directory, or a
+            path is not a regular file (a FIFO or a device would block or never end).
     """
+    return locate_files(path).paths
+
+
+def locate_files(path: Path) -> CheckpointLayout:
+    """:func:`resolve_files`, keeping the index and its validated ``weight_map`` when there is one."""
     if not path.exists():
         raise CheckpointNotFoundError(
             f"Checkpoint path {str(path)!r} does not exist. Pass a .safetensors file, a torch.save'd state "
             "dict (.pt/.pth/.bin), or a directory written by save_pretrained."
         )
-    if path.is_file():
-        return [path]
+    if not path.is_dir():
+        return CheckpointLayout([_regular_file(path, "Checkpoint path")])
     for index_name in (SAFETENSORS_INDEX, TORCH_INDEX):
         index = path / index_name
         if index.exists():
-            return _indexed_shards(index)
+            weight_map = read_index(index)
+            shards = [_indexed_shard(index, name, weight_map) for name in dict.fromkeys(weight_map.values())]
+            return CheckpointLayout(shards, index, weight_map)
     for pattern in ("*.safetensors", *(f"*{suffix}" for suffix in TORCH_SUFFIXES)):
         found = sorted(path.glob(pattern))
         if found:
-            return found
+            return CheckpointLayout([_regular_file(file, "Checkpoint file") for file in found])
     raise CheckpointNotFoundError(
         f"The directory {str(path)!r} holds no checkpoint file (*.safetensors, {', '.join(TORCH_SUFFIXES)}, "
         f"or an index {SAFETENSORS_INDEX} / {TORCH_INDEX}). Point the Checkpoint at the directory "
@@ -123,27 +150,312 @@ def resolve_files(path: Path) -> list[Path]:
     )
 
 
-def _indexed_shards(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+def _regular_file(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file (symbolic links followed); reading anything else could block."""
+    if not path.is_file():
         raise CheckpointError(
-            f"The checkpoint index {str(index)!r} cannot be read ({type(exc).__name__}: {exc}); it must be "
-            "JSON with a 'weight_map' of tensor name to shard file, as save_pretrained writes it."
-        ) from exc
-    shards = [index.parent / name for name in dict.fromkeys(weight_map.values())]
-    for shard in shards:
-        if not shard.is_file():
-            names = [key for key, value in weight_map.items() if index.parent / value == shard]
-            raise CheckpointNotFoundError(
-                f"The checkpoint index {str(index)!r} names the shard {shard.name!r} (for {len(names)} tensors, "
-                f"e.g. {names[0]!r}), but {str(shard)!r} does not exist. Copy every shard next to the index."
+            f"{what} {str(path)!r} is not a regular file (a directory, a FIFO, a device or a socket). "
+            "Point the Checkpoint at the weight files, or at the directory that holds them."
+        )
+    return path
+
+
+# --- index files -------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names one key twice (raised while parsing, turned into a CheckpointError)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKeyError(f"the key {key!r} appears twice in one JSON object")
+        seen[key] = value
+    return seen
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Strict JSON, as both formats require: UTF-8, an object at the top, no key twice in any object.
+
+    ``NaN`` and ``Infinity`` (which Python's ``json`` accepts) are refused, as is nesting
+    deep enough to exhaust the parser's recursion.
+
+    Raises:
+        ValueError: the bytes are not such JSON; the message says why.
+    """
+    text = raw.decode("utf-8")  # strict: UnicodeDecodeError is a ValueError
+    try:
+        parsed = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValueError("the JSON is nested too deeply to parse") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(f"the JSON is a {_json_type(parsed)}, not an object")
+    return parsed
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of an index file (tensor name -> shard file name), every field checked.
+
+    The index must be a JSON object whose ``weight_map`` is a non-empty object of
+    string to string, each shard a plain file name (no directory part, no ``..``) with
+    the suffix the index kind implies. Other top-level fields (``metadata``) are not read.
+
+    Raises:
+        CheckpointError: any of the above does not hold; the message names the index.
+    """
+    where = f"The checkpoint index {str(index)!r}"
+    fix = (
+        "It must be JSON with a 'weight_map' of tensor name to shard file, as save_pretrained writes it: "
+        "save the model again, or delete the index to read every weight file in the directory."
+    )
+    _regular_file(index, "The checkpoint index")
+    try:
+        with open(index, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_JSON_BYTES:
+                raise CheckpointError(
+                    f"{where} is {size} bytes, more than the {MAX_JSON_BYTES} an index may be: it is not an "
+                    f"index. {fix}"
+                )
+            raw = handle.read(MAX_JSON_BYTES + 1)
+        parsed = parse_json_object(raw)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{where} cannot be read ({type(exc).__name__}: {exc}). {fix}") from exc
+    weight_map = parsed.get("weight_map")
+    if not isinstance(weight_map, dict):
+        got = "no 'weight_map'" if "weight_map" not in parsed else f"a 'weight_map' that is a {_json_type(weight_map)}"
+        raise CheckpointError(f"{where} has {got}. {fix}")
+    if not weight_map:
+        raise CheckpointError(f"{where} has an empty 'weight_map': it names no tensor and no shard. {fix}")
+    suffixes = (".safetensors",) if index.name == SAFETENSORS_INDEX else TORCH_SUFFIXES
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{where} maps tensor {key!r} to a {_json_type(shard)} ({shard!r}), not a shard file name. {fix}"
             )
-    return shards
+        _check_shard_name(where, key, shard, suffixes)
+    return weight_map
+
+
+def _check_shard_name(where: str, key: str, shard: str, suffixes: tuple[str, ...]) -> None:
+    """A shard is a plain file name next to the index: a path could read any file on the machine."""
+    if not shard or "/" in shard or "\\" in shard or "\x00" in shard or shard in (".", ".."):
+        raise CheckpointError(
+            f"{where} maps tensor {key!r} to the shard {shard!r}, which is not a plain file name. Shards must "
+            "be files in the index's own directory, named without any directory part ('/', '..' or an absolute "
+            "path could make ray-zerocopy read any file on the machine): fix the index or save the model again."
+        )
+    if not shard.endswith(suffixes):
+        raise CheckpointError(
+            f"{where} maps tensor {key!r} to the shard {shard!r}, but this kind of index names {' or '.join(suffixes)} "
+            "files: the index belongs to another format. Fix the index or save the model again."
+        )
+
+
+def _indexed_shard(index: Path, name: str, weight_map: dict[str, str]) -> Path:
+    shard = index.parent / name
+    if not shard.exists():
+        names = [key for key, value in weight_map.items() if value == name]
+        raise CheckpointNotFoundError(
+            f"The checkpoint index {str(index)!r} names the shard {name!r} (for {len(names)} tensors, "
+            f"e.g. {names[0]!r}), but {str(shard)!r} does not exist. Copy every shard next to the index."
+        )
+    return _regular_file(shard, f"The shard (named by {index.name})")
+
+
+def check_index_matches(index: Path, weight_map: dict[str, str], tensors: dict[str, FileTensor]) -> None:
+    """Every tensor the index names is in the shard it names, and every tensor of the shards is indexed.
+
+    ``save_pretrained`` lists every tensor of its shards in the index, so a difference
+    means the index and the shards come from different saves (or one was edited).
+
+    Raises:
+        CheckpointError: the index and the shards disagree; the message lists where.
+    """
+    problems = []
+    for key, name in weight_map.items():
+        found = tensors.get(key)
+        if found is None:
+            problems.append(f"{key!r} is not in {name}")
+        elif found.path.name != name:
+            problems.append(f"{key!r} is in {found.path.name}, not in {name}")
+    problems += [
+        f"{key!r} (in {found.path.name}) is not in the index" for key, found in tensors.items() if key not in weight_map
+    ]
+    if problems:
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise CheckpointError(
+            f"The checkpoint index {str(index)!r} does not match its shards: {'; '.join(problems[:5])}{more}. "
+            "The index and the shards come from different saves: save the model again, or delete the index to "
+            "read every weight file in the directory."
+        )
+
+
+# --- safetensors files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """One tensor as a safetensors header describes it, every field checked."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+#: The fields every safetensors tensor entry has (others are ignored, as the safetensors library ignores them).
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+#: Strides and sizes are int64 in torch: a shape whose non-zero dimensions multiply past this is refused.
+_MAX_ELEMENTS = 2**63 - 1
+
+
+def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> list[HeaderEntry]:
+    """Check every field of a safetensors header (the JSON bytes) against a data section of ``data_size`` bytes.
+
+    What the format requires is checked before any tensor is made: the header is a
+    UTF-8 JSON object, no key twice; ``__metadata__``, if present and not null, maps
+    strings to strings; every other entry is an object with ``dtype`` (a known code),
+    ``shape`` (non-negative integers) and ``data_offsets`` (two non-negative integers,
+    begin <= end) whose byte count is the shape's; the tensors tile the data section
+    exactly, without overlaps or gaps, as the format prescribes (a file with bytes no
+    tensor owns is not safetensors). Where the safetensors library is lenient and the
+    leniency is harmless, so is this reader: other fields of an entry are ignored, and
+    whitespace may precede the header's JSON.
+
+    Alignment is not required: a tensor at an address that is not a multiple of its
+    item size (files written with an unpadded header, or after an odd-sized ``U8``
+    tensor) is read as a view all the same; it is only ever copied (into the object
+    store, byte for byte, 64-byte aligned there) or converted by torch's CPU kernels,
+    which read unaligned memory correctly.
+
+    Raises:
+        CheckpointError: a field is missing, of the wrong type or out of range; the
+            message names the file, the tensor and the field.
+    """
+    where = f"The safetensors file {str(path)!r}"
+    fix = "The file is corrupted, or is not safetensors: download or save it again."
+    try:
+        header = parse_json_object(raw_header)
+    except ValueError as exc:
+        raise CheckpointError(f"{where} has a header that is not valid JSON ({exc}). {fix}") from exc
+    entries = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            _check_metadata(where, info, fix)
+            continue
+        entries.append(_header_entry(where, key, info, data_size, fix))
+    entries.sort(key=lambda e: (e.begin, e.end))
+    position, previous = 0, None
+    for entry in entries:
+        if entry.begin < position:  # only after a tensor that ends at position
+            assert previous is not None
+            raise CheckpointError(
+                f"{where}: tensors {_short(previous.key)} (bytes [{previous.begin}, {previous.end})) and "
+                f"{_short(entry.key)} (bytes [{entry.begin}, {entry.end})) overlap. {fix}"
+            )
+        if entry.begin > position:
+            raise CheckpointError(
+                f"{where}: bytes [{position}, {entry.begin}) of the data section belong to no tensor; the format "
+                f"lays tensors out back to back, without gaps. {fix}"
+            )
+        position, previous = entry.end, entry
+    if position != data_size:
+        raise CheckpointError(
+            f"{where}: its tensors end at byte {position} of the data section, but the data section has "
+            f"{data_size} bytes after the header; the format ends the file with the last tensor. {fix}"
+        )
+    return entries
+
+
+def _check_metadata(where: str, metadata: Any, fix: str) -> None:
+    if metadata is None:  # no metadata, as the safetensors library reads it
+        return
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(
+            f"{where} has a '__metadata__' that is not an object of string to string ({_short(metadata)}). {fix}"
+        )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative JSON integer (``true`` and ``1.0`` are not)."""
+    return type(value) is int and value >= 0
+
+
+def _header_entry(where: str, key: str, info: Any, data_size: int, fix: str) -> HeaderEntry:
+    entry = f"{where}: the header entry of tensor {_short(key)}"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{entry} has a name that is not valid Unicode (a lone surrogate). {fix}") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{entry} is a {_json_type(info)}, not an object. {fix}")
+    if missing_fields := _ENTRY_FIELDS - info.keys():
+        missing = ", ".join(sorted(map(repr, missing_fields)))
+        raise CheckpointError(f"{entry} lacks {missing}; every entry has 'dtype', 'shape' and 'data_offsets'. {fix}")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
+        raise CheckpointError(
+            f"{entry} has the dtype {_short(code)}, which is not one ray-zerocopy reads "
+            f"({', '.join(SAFETENSORS_DTYPES)}). Save the tensor in one of these dtypes; if the file was "
+            "written so, it is corrupted: download or save it again."
+        )
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise CheckpointError(
+            f"{entry} has the shape {_short(shape)}: a shape is a list of non-negative integers. {fix}"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
+        raise CheckpointError(
+            f"{entry} has the data_offsets {_short(offsets)}: they must be two non-negative integers [begin, end]. "
+            f"{fix}"
+        )
+    begin, end = offsets
+    if end < begin:
+        raise CheckpointError(f"{entry} has the data_offsets [{begin}, {end}], which end before they begin. {fix}")
+    dtype = SAFETENSORS_DTYPES[code]
+    elements = 1
+    for n in shape:  # the non-zero dimensions must fit torch's int64 sizes and strides, even for an empty tensor
+        if n:
+            elements *= n
+            if elements > _MAX_ELEMENTS:
+                raise CheckpointError(
+                    f"{entry} has the shape {_short(shape)}, larger than any tensor torch can hold. {fix}"
+                )
+    nbytes = 0 if 0 in shape else elements * dtype.itemsize
+    if end - begin != nbytes:
+        raise CheckpointError(
+            f"{where}: tensor {_short(key)} ({code} {_short(shape)}) needs {nbytes} bytes, but its header gives the "
+            f"byte range [{begin}, {end}). The file is corrupted: download or save it again."
+        )
+    if end > data_size:
+        raise CheckpointError(
+            f"{where}: tensor {_short(key)} ends at byte {end} of the data section, past its end ({data_size} "
+            "bytes). The file is truncated: copy or save it again."
+        )
+    return HeaderEntry(key, dtype, tuple(shape), begin, end)
 
 
 def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]:
-    """Parse a safetensors header and yield a view of each tensor; check every size first."""
+    """Check a safetensors file's header and every size in it, then yield a view of each tensor."""
     size = len(mapping)
     where = f"The safetensors file {str(path)!r}"
     if size < 8:
@@ -154,73 +466,122 @@ def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]
             f"{where} says its header is {header_len} bytes, but the file has {size - 8} bytes after the length "
             "field: the file is truncated or corrupted. Copy or save it again."
         )
-    try:
-        header = json.loads(bytes(mapping[8 : 8 + header_len]))
-    except ValueError as exc:
-        raise CheckpointError(f"{where} has a header that is not JSON ({exc}): corrupted, or not safetensors.") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{where} has a header that is not a JSON object: corrupted or not safetensors.")
+    if header_len > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{where} says its header is {header_len} bytes, more than the {MAX_JSON_BYTES} the safetensors format "
+            "allows: the file is corrupted, or is not safetensors."
+        )
     data_start = 8 + header_len
-    entries = []
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(n) for n in info["shape"])
-            begin, end = (int(n) for n in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{where}: the header entry of tensor {key!r} is not understood ({type(exc).__name__}: {exc})."
-            ) from exc
-        numel = 1
-        for n in shape:
-            numel *= n
-        if end - begin != numel * dtype.itemsize or begin < 0 or end < begin:
-            raise CheckpointError(
-                f"{where}: tensor {key!r} ({info['dtype']} {list(shape)}) needs {numel * dtype.itemsize} bytes, "
-                f"but its header gives the byte range [{begin}, {end}). The file is corrupted."
-            )
-        if data_start + end > size:
-            raise CheckpointError(
-                f"{where}: tensor {key!r} ends at byte {data_start + end}, past the end of the file ({size} bytes). "
-                "The file is truncated: copy or save it again."
-            )
-        entries.append((key, dtype, shape, data_start + begin, end - begin))
-    for key, dtype, shape, offset, nbytes in entries:
-        if nbytes == 0:
-            tensor = torch.empty(shape, dtype=dtype)
+    entries = parse_safetensors_header(path, bytes(mapping[8:data_start]), size - data_start)
+    for entry in entries:
+        if entry.end == entry.begin:
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)
         else:
-            tensor = mapped_bytes(mapping, offset, nbytes).view(dtype).reshape(shape)
-        yield FileTensor(key, path, tensor)
+            tensor = mapped_bytes(mapping, data_start + entry.begin, entry.end - entry.begin)
+            tensor = tensor.view(entry.dtype).reshape(entry.shape)
+            check_booleans(where, entry.key, tensor)
+        yield FileTensor(entry.key, path, tensor)
+
+
+def check_booleans(where: str, key: str, tensor: torch.Tensor) -> None:
+    """A ``bool`` tensor's bytes are all 0 or 1: torch's kernels assume so, and other values are undefined there.
+
+    Raises:
+        CheckpointError: another byte value is found; the file is corrupted or hostile.
+    """
+    if tensor.dtype != torch.bool or tensor.numel() == 0:
+        return
+    raw = tensor.view(torch.uint8)
+    if int(raw.max()) > 1:
+        position = int((raw.reshape(-1) > 1).nonzero()[0])
+        raise CheckpointError(
+            f"{where}: the boolean tensor {_short(key)} holds the byte {int(raw.reshape(-1)[position])} at element "
+            f"{position}; booleans are stored as 0 or 1. The file is corrupted: download or save it again."
+        )
+
+
+# --- torch.save'd files ------------------------------------------------------------------
+
+#: The first bytes of a zip file: torch.save's format since torch 1.6, the only one mmap reads.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
     """A ``torch.save``'d state dict, mapped (``mmap=True``) and restricted to plain data (``weights_only``)."""
     where = f"The checkpoint file {str(path)!r}"
+    with open(path, "rb") as handle:
+        magic = handle.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(
+            f"{where} is not in the zip format torch.save has written since torch 1.6 (it starts with "
+            f"{magic!r}): it is an older torch.save file, which cannot be mapped, or not a torch.save file at all. "
+            "Load it once with torch.load(weights_only=True) and save it again, or convert it to safetensors."
+        )
     try:
         loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{where} cannot be read with torch.load(weights_only=True): it pickles more than tensors "
-            f"({str(exc).splitlines()[0]}). Re-save it as a plain state dict (torch.save(model.state_dict(), path)) "
-            "or as safetensors; ray-zerocopy never runs the code a pickle carries."
+            f"{where} cannot be read with torch.load(weights_only=True) ({_weights_only_reason(exc)}). It pickles "
+            "more than tensors (a whole model, an optimizer, custom classes), or is corrupted. Re-save it as a plain "
+            "state dict (torch.save(model.state_dict(), path)) or as safetensors. ray-zerocopy never runs the code "
+            "a pickle carries."
         ) from exc
-    except RuntimeError as exc:
+    except Exception as exc:  # torch.load raises whatever its zip reader or unpickler meets in a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(
-            f"{where} cannot be mapped by torch.load(mmap=True) ({exc}). Only the zip format torch.save has "
-            "written since torch 1.6 can be mapped: load it once and re-save it, or convert it to safetensors."
+            f"{where} cannot be read by torch.load ({type(exc).__name__}: {reason}): it is truncated or corrupted. "
+            "Copy or save it again (torch.save(model.state_dict(), path)), or convert it to safetensors."
         ) from exc
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        kind = type(loaded).__qualname__
+    if not isinstance(loaded, dict):
         raise CheckpointError(
-            f"{where} holds a {kind}, not a state dict of tensors. Save model.state_dict() (not the model, "
-            "nor a dict of other objects)."
+            f"{where} holds a {type(loaded).__qualname__}, not a state dict of tensors. Save model.state_dict() "
+            "(not the model, nor a dict of other objects)."
         )
     for key, tensor in loaded.items():
-        yield FileTensor(str(key), path, tensor)
+        _check_saved_tensor(where, key, tensor)
+    for key, tensor in loaded.items():
+        yield FileTensor(key, path, tensor)
+
+
+def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
+    """The paragraph of torch's refusal that says what was refused (not its advice to turn the check off)."""
+    for paragraph in str(exc).split("\n\n"):
+        text = " ".join(paragraph.split())
+        if text and not text.startswith(("Weights only load failed", "Check the documentation")):
+            return text
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _check_saved_tensor(where: str, key: Any, tensor: Any) -> None:
+    """A state dict entry: a string key and a plain, dense CPU tensor whose values are its bytes.
+
+    torch itself refuses sizes and strides that reach past a tensor's storage while it loads.
+    """
+    if not isinstance(key, str):
+        raise CheckpointError(
+            f"{where} holds a dict with the key {_short(key)} ({type(key).__qualname__}); a state dict's keys are "
+            "strings. Save model.state_dict()."
+        )
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        raise CheckpointError(
+            f"{where} holds a {type(tensor).__qualname__} under {key!r}, not a tensor: it is not a state dict of "
+            "tensors. Save model.state_dict() (not the model, nor a dict of other objects)."
+        )
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested or tensor.device.type != "cpu":
+        kind = "quantized" if tensor.is_quantized else "nested" if tensor.is_nested else f"{tensor.layout}"
+        raise CheckpointError(
+            f"{where} holds {key!r} as a {kind} tensor on {tensor.device}; only dense (strided, not quantized) "
+            "tensors with their data in the file can be shared. Save the dense weights (tensor.to_dense(), "
+            "tensor.dequantize()) and share those."
+        )
+    check_booleans(where, key, tensor)
+    if tensor.is_conj() or tensor.is_neg():
+        raise CheckpointError(
+            f"{where} holds {key!r} with a pending conjugation or negation (its bytes are not its values). Save "
+            "tensor.resolve_conj().resolve_neg() instead."
+        )
 
 
 class CheckpointFiles:
@@ -233,7 +594,8 @@ class CheckpointFiles:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.paths = resolve_files(Path(path))
+        layout = locate_files(Path(path))
+        self.paths = layout.paths
         self.tensors: dict[str, FileTensor] = {}
         self._mappings: list[mmap.mmap] = []
         try:
@@ -245,6 +607,8 @@ class CheckpointFiles:
                             f"{str(found.path)!r}; a checkpoint must hold each tensor once."
                         )
                     self.tensors[found.key] = found
+            if layout.index is not None and layout.weight_map is not None:
+                check_index_matches(layout.index, layout.weight_map, self.tensors)
         except BaseException:
             self.close()
             raise
@@ -253,7 +617,10 @@ class CheckpointFiles:
         if file.suffix == ".safetensors":
             with open(file, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size == 0:
-                    raise CheckpointError(f"The safetensors file {str(file)!r} is empty.")
+                    raise CheckpointError(
+                        f"The safetensors file {str(file)!r} is empty: it was not written completely. Copy or save "
+                        "it again."
+                    )
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             with contextlib.suppress(AttributeError, OSError):  # start reading the file ahead, in the kernel
                 mapping.madvise(mmap.MADV_WILLNEED)
