@@ -19,14 +19,8 @@ import torch
 from object_store import store_bytes_used, wait_for_store_at_most
 from torch import nn
 
-from ray_zerocopy import (
-    ActorWrapper,
-    Checkpoint,
-    CheckpointError,
-    ModelNotPublishedError,
-    load_published,
-    publish,
-)
+from ray_zerocopy import ActorWrapper, Checkpoint, load_published, publish
+from ray_zerocopy.errors import CheckpointError, ModelNotPublishedError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ray_zerocopy_core import memory
-from ray_zerocopy_core.representation import TensorTable, build_table
+from ray_zerocopy_core.representation import TableChunk, TensorTable, build_table
 
 MIB = 1024**2
 SHM = "/dev/shm"
@@ -45,23 +45,27 @@ def shm_size(wanted: int, minimum: int) -> int:
 
 
 def stored_in_shared_memory(table: TensorTable, first_offset: int = 64) -> TensorTable:
-    """``table`` guarded and copied into a /dev/shm mapping with Ray's buffer alignment (64 B, 8 B under 2 KiB)."""
-    guarded = memory.guard_table(table)
-    total = sum(int(b.nbytes) + 64 for b in guarded.buffers) + first_offset + mmap.PAGESIZE
+    """``table`` as one stored chunk (guarded) copied into a /dev/shm mapping with Ray's buffer alignment.
+
+    Ray aligns buffers of 2 KiB and more to 64 bytes, smaller ones to 8.
+    """
+    guarded = memory.guarded(table.storages)
+    total = sum(int(b.nbytes) + 64 for b in guarded) + first_offset + mmap.PAGESIZE
     shm_size(total, total)  # skip rather than die of SIGBUS
     with tempfile.TemporaryFile(dir=SHM) as backing:
         backing.truncate(total)
         mapping = mmap.mmap(backing.fileno(), total)
     memory_view = np.frombuffer(mapping, dtype=np.uint8)
     offset, buffers = first_offset, []
-    for buffer in guarded.buffers:
+    for buffer in guarded:
         alignment = 64 if buffer.nbytes >= 2048 else 8
         offset = -(-offset // alignment) * alignment
         view = memory_view[offset : offset + buffer.nbytes]
         view[:] = buffer
         buffers.append(view)
         offset += int(buffer.nbytes)
-    return replace(guarded, buffers=tuple(buffers))
+    chunk = TableChunk(tuple(range(len(table.storages))), tuple(buffers))
+    return replace(table, storages=tuple(buffers[1:-1]), chunks=(chunk,))
 
 
 def weights_table(nbytes: int) -> TensorTable:

@@ -27,9 +27,10 @@ import pytest
 import torch
 
 import ray_zerocopy_core.checkpoint.files as checkpoint_files
-from ray_zerocopy_core import Checkpoint, CheckpointError
+from ray_zerocopy_core import Checkpoint
 from ray_zerocopy_core.checkpoint.files import SAFETENSORS_DTYPES, CheckpointFiles
 from ray_zerocopy_core.checkpoint.reader import CheckpointReader
+from ray_zerocopy_core.errors import CheckpointError
 from ray_zerocopy_core.nn_backend import NNBackend
 from ray_zerocopy_core.options import LoadOptions
 

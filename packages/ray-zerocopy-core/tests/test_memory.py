@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from shm_tables import MIB, shm_size, stored_in_shared_memory, weights_table
 from ray_zerocopy_core import memory
 from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.plugin import LoadOptions
+from ray_zerocopy_core.representation import TableChunk
 
 pytestmark = pytest.mark.skipif(not memory.protection_supported(), reason="needs Linux mprotect")
 HERE = Path(__file__).parent
@@ -39,12 +41,14 @@ def test_every_weight_byte_is_on_a_read_only_page_of_its_own_object(
     page_size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(memory, "PAGE_SIZE", page_size)
+    monkeypatch.setattr(memory, "GUARD_BYTES", max(page_size, 4096))  # guards are a page of the storing machine
     table = stored_in_shared_memory(weights_table(300_000), first_offset=64 + 8 * 4096)
     (weight,) = materialize(table, LoadOptions())
     ((start, end),) = memory.protected_ranges()
     first, last = weight.data_ptr(), weight.data_ptr() + weight.nbytes
     assert start <= first and last <= end
-    assert table.buffers[0].ctypes.data <= start and end <= table.buffers[-1].ctypes.data + memory.GUARD_BYTES
+    (chunk,) = table.chunks
+    assert chunk.buffers[0].ctypes.data <= start and end <= chunk.buffers[-1].ctypes.data + memory.GUARD_BYTES
     assert start % page_size == 0 and end % page_size == 0
     assert not writable(first) and not writable(last - 1)
     del weight
@@ -79,12 +83,14 @@ def test_a_private_copy_neither_protects_nor_counts() -> None:
 
 
 def test_tables_that_never_left_the_process_are_not_protected() -> None:
-    table = memory.guard_table(weights_table(100_000))  # guarded, consecutive or not, but on the heap
+    plain = weights_table(100_000)
+    chunk = TableChunk((0,), memory.guarded(plain.storages))  # guarded, consecutive or not, but on the heap
+    table = replace(plain, chunks=(chunk,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         (weight,) = materialize(table, LoadOptions())
     assert memory.protected_ranges() == []
-    assert memory.map_stored_table(table, protect=True) is None
+    assert memory.map_stored_chunk(chunk.buffers, protect=True) is None
     del weight
 
 
@@ -114,6 +120,7 @@ import torch
 from shm_tables import stored_in_shared_memory, weights_table
 from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.plugin import LoadOptions
+from ray_zerocopy_core.representation import TableChunk
 """
 
 

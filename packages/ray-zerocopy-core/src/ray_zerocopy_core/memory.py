@@ -313,6 +313,13 @@ def protection_supported() -> bool:
     return _load_libc() is not None
 
 
+def advise_pages(start: int, end: int, advice: int) -> None:
+    """``madvise(start, end - start, advice)`` on page-aligned ``[start, end)`` (nothing without libc)."""
+    libc = _load_libc()
+    if libc is not None and end > start and libc.madvise(start, end - start, advice) != 0:
+        logger.debug("madvise(%d) failed: errno %d", advice, ctypes.get_errno())
+
+
 def unmap_file_pages(tensor: torch.Tensor) -> None:
     """Drop the pages under ``tensor``'s storage from this process's page tables (``MADV_DONTNEED``).
 

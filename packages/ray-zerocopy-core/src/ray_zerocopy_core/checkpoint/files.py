@@ -23,7 +23,6 @@ as soon as it is made, so at most one computed tensor is in private memory at a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import mmap
@@ -622,8 +621,6 @@ class CheckpointFiles:
                         "it again."
                     )
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            with contextlib.suppress(AttributeError, OSError):  # start reading the file ahead, in the kernel
-                mapping.madvise(mmap.MADV_WILLNEED)
             self._mappings.append(mapping)
             return _safetensors_tensors(file, mapping)
         if file.suffix in TORCH_SUFFIXES:
@@ -712,6 +709,10 @@ class ConversionSpool:
             del array  # the last export of the region: it can be closed now
             region.close()
         return len(self._layout) - 1
+
+    def descriptors(self) -> list[int]:
+        """The spool file's descriptor, if anything was spooled (for pacing its pages)."""
+        return [] if self._file is None else [self._file.fileno()]
 
     def tensors(self) -> list[torch.Tensor]:
         """Views of every added tensor, in order (maps the file; call once, after the last add)."""

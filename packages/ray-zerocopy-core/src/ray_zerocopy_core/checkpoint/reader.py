@@ -28,6 +28,7 @@ from torch import nn
 
 from ray_zerocopy_core.checkpoint.files import CheckpointFiles, ConversionSpool, FileTensor
 from ray_zerocopy_core.checkpoint.huggingface import KeyConversion, build_transformers_model, transformers_class
+from ray_zerocopy_core.checkpoint.pacing import FilePacing
 from ray_zerocopy_core.errors import CheckpointError
 from ray_zerocopy_core.nn_backend import NNBackend, tensor_names
 from ray_zerocopy_core.plugin import ModelPayload, build_table
@@ -169,7 +170,10 @@ class CheckpointReader:
             if slot.is_parameter:
                 tensor = nn.Parameter(tensor, requires_grad=False)
             named.append((slot.names[0] if slot.names else "?", tensor))
-        return ModelPayload(NNBackend.name, skeleton, build_table(named))
+        table = build_table(named)
+        pacing = FilePacing(table.storages, [*self.files.paths, *self._spool.descriptors()])
+        self._stack.callback(pacing.close)
+        return ModelPayload(NNBackend.name, skeleton, table, reading=pacing)
 
     # --- the steps of payload() --------------------------------------------------------
 
