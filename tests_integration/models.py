@@ -5,7 +5,8 @@
 - :class:`TiedLM`: a small language model whose head is its embedding;
 - :class:`Tower`: tied weights, BatchNorm statistics, a non-persistent buffer and a
   tensor constant, exportable with ``torch.export`` and scriptable;
-- :class:`Loaded`: an actor that loads what it is given in ``__init__``, as users do.
+- :class:`Loaded`: an actor that loads what it is given in ``__init__``, as users do;
+- :class:`WhereTensorsLie`: where a task-mode worker's model keeps its weights.
 """
 
 from __future__ import annotations
@@ -154,3 +155,20 @@ def in_object_store(model: Any) -> bool:
 def process_id(model: Any) -> int:
     """The pid of the process holding ``model`` (for ``Loaded.apply``)."""
     return os.getpid()
+
+
+class WhereTensorsLie:
+    """A ``state_dict(destination=...)`` that records, per name, whether the tensor lies in the object store.
+
+    ``state_dict`` fills it in the process that runs it: called through a task-mode wrapper
+    whose ``method_names`` allow ``"state_dict"``, that is the task worker with its cached
+    model, and what comes back is :attr:`in_object_store`, plain booleans.
+    """
+
+    def __init__(self) -> None:
+        self.in_object_store: dict[str, bool] = {}
+
+    def __setitem__(self, name: str, tensor: torch.Tensor) -> None:
+        from ray_zerocopy_core.inspection import aliases_object_store
+
+        self.in_object_store[name] = aliases_object_store(tensor)
