@@ -2,6 +2,7 @@
 
 - :data:`MIB`; :func:`torchscript_allowed` silences torch's TorchScript deprecation
   warning, and only that, around the test's own ``torch.jit`` calls;
+- :func:`identity`: an object's number for its whole process (``id`` is reused);
 - :class:`TiedLM`: a small language model whose head is its embedding;
 - :class:`Tower`: tied weights, BatchNorm statistics, a non-persistent buffer and a
   tensor constant, exportable with ``torch.export`` and scriptable;
@@ -11,8 +12,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +50,17 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.trace(model, example)
 
 
+_identities: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_identity = itertools.count(1)
+
+
+def identity(obj: Any) -> int:
+    """A number no other object of this process ever gets: ``id`` is reused once an object is freed."""
+    if obj not in _identities:
+        _identities[obj] = next(_next_identity)
+    return _identities[obj]
+
+
 class TiedLM(nn.Module):
     """A small language model: the output projection is the embedding; a buffer; a second method."""
 
@@ -67,7 +81,7 @@ class TiedLM(nn.Module):
 
     def whoami(self) -> tuple[int, int]:
         """The process and the object answering (tells task workers and cached models apart)."""
-        return os.getpid(), id(self)
+        return os.getpid(), identity(self)
 
 
 def tied_lm(seed: int = 0, vocab: int = 64, dim: int = 32) -> TiedLM:
