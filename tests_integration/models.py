@@ -166,6 +166,13 @@ def in_object_store(model: Any) -> bool:
     return all(aliases_object_store(t) for t in model.state_dict().values())
 
 
+def where_tensors_lie(model: Any) -> dict[str, bool]:
+    """For each tensor of ``model``'s state dict, whether it lies in the object store (for ``Loaded.apply``)."""
+    from ray_zerocopy_core.inspection import aliases_object_store
+
+    return {name: aliases_object_store(t) for name, t in model.state_dict().items()}
+
+
 def process_id(model: Any) -> int:
     """The pid of the process holding ``model`` (for ``Loaded.apply``)."""
     return os.getpid()
