@@ -2,16 +2,20 @@
 
 - :data:`MIB`; :func:`torchscript_allowed` silences torch's TorchScript deprecation
   warning, and only that, around the test's own ``torch.jit`` calls;
+- :func:`identity`: an object's number for its whole process (``id`` is reused);
 - :class:`TiedLM`: a small language model whose head is its embedding;
 - :class:`Tower`: tied weights, BatchNorm statistics, a non-persistent buffer and a
   tensor constant, exportable with ``torch.export`` and scriptable;
-- :class:`Loaded`: an actor that loads what it is given in ``__init__``, as users do.
+- :class:`Loaded`: an actor that loads what it is given in ``__init__``, as users do;
+- :class:`WhereTensorsLie`: where a task-mode worker's model keeps its weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +50,17 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.trace(model, example)
 
 
+_identities: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_identity = itertools.count(1)
+
+
+def identity(obj: Any) -> int:
+    """A number no other object of this process ever gets: ``id`` is reused once an object is freed."""
+    if obj not in _identities:
+        _identities[obj] = next(_next_identity)
+    return _identities[obj]
+
+
 class TiedLM(nn.Module):
     """A small language model: the output projection is the embedding; a buffer; a second method."""
 
@@ -66,7 +81,7 @@ class TiedLM(nn.Module):
 
     def whoami(self) -> tuple[int, int]:
         """The process and the object answering (tells task workers and cached models apart)."""
-        return os.getpid(), id(self)
+        return os.getpid(), identity(self)
 
 
 def tied_lm(seed: int = 0, vocab: int = 64, dim: int = 32) -> TiedLM:
@@ -151,6 +166,30 @@ def in_object_store(model: Any) -> bool:
     return all(aliases_object_store(t) for t in model.state_dict().values())
 
 
+def where_tensors_lie(model: Any) -> dict[str, bool]:
+    """For each tensor of ``model``'s state dict, whether it lies in the object store (for ``Loaded.apply``)."""
+    from ray_zerocopy_core.inspection import aliases_object_store
+
+    return {name: aliases_object_store(t) for name, t in model.state_dict().items()}
+
+
 def process_id(model: Any) -> int:
     """The pid of the process holding ``model`` (for ``Loaded.apply``)."""
     return os.getpid()
+
+
+class WhereTensorsLie:
+    """A ``state_dict(destination=...)`` that records, per name, whether the tensor lies in the object store.
+
+    ``state_dict`` fills it in the process that runs it: called through a task-mode wrapper
+    whose ``method_names`` allow ``"state_dict"``, that is the task worker with its cached
+    model, and what comes back is :attr:`in_object_store`, plain booleans.
+    """
+
+    def __init__(self) -> None:
+        self.in_object_store: dict[str, bool] = {}
+
+    def __setitem__(self, name: str, tensor: torch.Tensor) -> None:
+        from ray_zerocopy_core.inspection import aliases_object_store
+
+        self.in_object_store[name] = aliases_object_store(tensor)

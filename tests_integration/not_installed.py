@@ -17,13 +17,15 @@ from ray_zerocopy_core import registry
 
 
 class _Refuse(MetaPathFinder):
-    """Finds ``package`` (and its submodules) only to refuse them, as if not installed."""
+    """Finds ``package`` (and its submodules) only to refuse them, as if not installed; keeps each name asked for."""
 
     def __init__(self, package: str) -> None:
         self.package = package
+        self.refused: list[str] = []
 
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname == self.package or fullname.startswith(self.package + "."):
+            self.refused.append(fullname)
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
 
@@ -33,8 +35,10 @@ def _in(name: str, package: str) -> bool:
 
 
 @contextmanager
-def not_installed(package: str, *, declared: bool = False, importers: tuple[str, ...] = ()) -> Iterator[None]:
+def not_installed(package: str, *, declared: bool = False, importers: tuple[str, ...] = ()) -> Iterator[list[str]]:
     """Inside the block, ``package`` cannot be imported and its backend entry point is gone.
+
+    Yields the list of module names the block tried to import from ``package`` (and was refused).
 
     ``declared=True`` keeps the entry point, as for a plugin that is installed but fails
     to import. ``importers`` are modules already imported that import ``package``
@@ -48,7 +52,8 @@ def not_installed(package: str, *, declared: bool = False, importers: tuple[str,
             parent, _, child = importer.rpartition(".")
             if parent in sys.modules:
                 patch.delattr(sys.modules[parent], child, raising=False)
-        patch.setattr(sys, "meta_path", [_Refuse(package), *sys.meta_path])
+        refuse = _Refuse(package)
+        patch.setattr(sys, "meta_path", [refuse, *sys.meta_path])
         if not declared:
             real_entry_points = metadata.entry_points
 
@@ -61,7 +66,7 @@ def not_installed(package: str, *, declared: bool = False, importers: tuple[str,
             patch.setattr(metadata, "entry_points", entry_points_without_it)
         registry.reset_registry()
         try:
-            yield
+            yield refuse.refused
         finally:
             patch.undo()
             registry.reset_registry()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from models import WhereTensorsLie
 from scripts import run_driver
 from torch import nn
 
@@ -218,11 +219,12 @@ class Rebuilder:
         cls = JITModelWrapper if jit else ModelWrapper
         self.wrapper = cls.deserialize(**parts)
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, bool]]:
+        """The model's output, and where each of its tensors lies (in the task worker in task mode)."""
         if self.wrapper.mode == "task":
-            return self.wrapper(x), True
+            return self.wrapper(x), self.wrapper.state_dict(destination=WhereTensorsLie()).in_object_store
         model = self.wrapper.load()
-        return model(x), all(aliases_object_store(t) for t in model.state_dict().values())
+        return model(x), {name: aliases_object_store(t) for name, t in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("kind", ["eager", "torchscript"])
@@ -233,7 +235,10 @@ def test_serialize_and_deserialize_round_trip_in_an_actor(kind: str, mode: str, 
     torch.manual_seed(0)
     model: Any = nn.Linear(64, 64) if kind == "eager" else torch.jit.script(nn.Linear(64, 64))
     cls = JITModelWrapper if kind == "torchscript" else ModelWrapper
-    wrapper = cls.from_model(model, mode=mode)
+    # Task mode: the worker's model answers state_dict, so the test can see where its weights lie.
+    wrapper = cls.from_model(
+        model, mode=mode, **({"method_names": ["__call__", "state_dict"]} if mode == "task" else {})
+    )
     parts = wrapper.serialize()
     assert pickle.loads(pickle.dumps(parts)).keys() == parts.keys()  # plain picklable values
     assert wrapper.model_refs == parts["model_refs"] and list(wrapper.model_refs) == [""]
@@ -241,7 +246,8 @@ def test_serialize_and_deserialize_round_trip_in_an_actor(kind: str, mode: str, 
     x = torch.randn(3, 64)
     out, shared = ray.get(actor.run.remote(x))
     ray.kill(actor)
-    assert torch.equal(out, model(x)) and shared
+    assert torch.equal(out, model(x))
+    assert shared == {"weight": True, "bias": True}, shared
 
 
 def test_load_accepts_0x_use_fast_load_spelling_with_a_warning() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import ray
 import torch
-from environment import require
-from models import VOCAB, Loaded, script, tokens, trained_tower
+from environment import assert_stopped_by_a_weight_write, require
+from models import VOCAB, Loaded, process_id, script, tokens, trained_tower
 from not_installed import not_installed
 from torch import nn
 from torch.export import Dim, ExportedProgram
@@ -64,6 +64,7 @@ def inspect_program(program: Any) -> dict[str, Any]:
         "is_program": isinstance(program, ExportedProgram),
         "n_tensors": len(tensors),
         "all_alias_store": bool(tensors) and all(aliases_object_store(t) for t in tensors),
+        "any_alias_store": any(aliases_object_store(t) for t in tensors),
         "module_alias_store": bool(module_tensors) and all(aliases_object_store(t) for t in module_tensors),
         "tied": program.state_dict.get("head.weight") is program.state_dict.get("embed.weight"),
         "any_requires_grad": any(t.requires_grad for t in tensors),
@@ -169,8 +170,10 @@ def test_a_write_stops_the_writer_and_reaches_no_other_actor() -> None:
     writer, bystander = Loaded.remote(wrapper), Loaded.remote(wrapper)
     infos = ray.get([actor.apply.remote(inspect_program) for actor in (writer, bystander)])
     assert all(info["all_alias_store"] for info in infos)
+    pid = ray.get(writer.apply.remote(process_id))
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(writer.apply.remote(write), timeout=120)
+    assert_stopped_by_a_weight_write(pid)
     for worker in (bystander, Loaded.remote(wrapper)):
         seen = ray.get(worker.apply.remote(weights), timeout=120)
         assert seen.keys() == original.keys()
@@ -183,7 +186,8 @@ def test_writable_load_is_a_private_copy() -> None:
     program = export_tower()
     wrapper = ActorWrapper(program)
     editor, bystander = Loaded.remote(wrapper, writable=True), Loaded.remote(wrapper)
-    assert not ray.get(editor.apply.remote(inspect_program))["all_alias_store"]
+    info = ray.get(editor.apply.remote(inspect_program))
+    assert info["n_tensors"] and not info["any_alias_store"], "a writable load shares some tensors"
     assert ray.get(editor.apply.remote(write)) == "wrote"
     assert not torch.equal(ray.get(editor.apply.remote(weights))["proj.weight"], program.state_dict["proj.weight"])
     assert torch.equal(ray.get(bystander.apply.remote(weights))["proj.weight"], program.state_dict["proj.weight"])

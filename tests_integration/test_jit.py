@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import ray
 import torch
+from environment import assert_stopped_by_a_weight_write
 from models import MIB, VOCAB, Tower, script, tokens, torchscript_allowed, trace, trained_tower
 from torch import nn
 
@@ -63,6 +64,8 @@ def inspect(model: Any) -> dict[str, Any]:
         "type": type(model).__name__,
         "script": isinstance(model, torch.jit.ScriptModule),
         "all_alias_store": bool(tensors) and all(aliases_object_store(t) for t in tensors),
+        "any_alias_store": any(aliases_object_store(t) for t in tensors),
+        "n_tensors": len(tensors),
         "any_requires_grad": any(t.requires_grad for t in tensors),
         "training": model.training,
         "tied": model.head.weight.data_ptr() == model.embed.weight.data_ptr() if hasattr(model, "head") else None,
@@ -106,6 +109,9 @@ class Worker:
         with torch.no_grad():
             self.model.embed.weight.add_(1)
         return "wrote"
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def kill(*actors: Any) -> None:
@@ -212,8 +218,10 @@ def test_in_place_write_does_not_reach_other_actors() -> None:
     wrapper = JITActorWrapper(model)
     writer, bystander = Worker.remote(wrapper), Worker.remote(wrapper)
     assert ray.get(bystander.inspect.remote())["all_alias_store"]
+    pid = ray.get(writer.pid.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(writer.write.remote(), timeout=120)
+    assert_stopped_by_a_weight_write(pid)
     fresh = Worker.remote(wrapper)
     for seen in ray.get([bystander.weights.remote(), fresh.weights.remote()], timeout=120):
         assert seen.keys() == original.keys()
@@ -227,7 +235,8 @@ def test_writable_load_is_a_private_copy() -> None:
     model = make_script("traced")
     wrapper = JITActorWrapper(model)
     editor, bystander = Worker.remote(wrapper, writable=True), Worker.remote(wrapper)
-    assert ray.get(editor.inspect.remote())["all_alias_store"] is False
+    info = ray.get(editor.inspect.remote())
+    assert info["n_tensors"] and not info["any_alias_store"], "a writable load shares some tensors"
     assert ray.get(editor.write.remote()) == "wrote"
     edited = ray.get(editor.weights.remote())
     assert not torch.equal(edited["embed.weight"], model.embed.weight)

@@ -18,7 +18,7 @@ import pytest
 import ray
 import scripts
 import torch
-from environment import require, wait_until
+from environment import assert_stopped_by_a_weight_write, require, wait_until
 from models import MIB, script
 from object_store import store_bytes_used, wait_for_store
 from torch import nn
@@ -91,6 +91,9 @@ class User:
     def write_in_place(self) -> None:
         with torch.no_grad():
             next(self.model.parameters()).add_(1)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @pytest.fixture
@@ -169,8 +172,10 @@ def test_loads_by_name_are_write_protected(cleanup: list[str]) -> None:
     publish("protected", make_model(4, seed=9))  # caller path: the holder re-stored the bytes
     writer, bystander = User.remote(), User.remote()
     assert ray.get([writer.load.remote("protected"), bystander.load.remote("protected")]) == [True, True]
+    pid = ray.get(writer.pid.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(writer.write_in_place.remote(), timeout=120)  # stopped before a byte changed
+    assert_stopped_by_a_weight_write(pid)
     expected = expected_output(4, seed=9)
     assert torch.equal(ray.get(bystander.predict.remote(INPUT)), expected)
     assert torch.equal(load_published("protected")(INPUT), expected)

@@ -132,7 +132,9 @@ def test_installed_packages_report_the_release_version() -> None:
         try:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
-            continue
+            pytest.fail(
+                f"{name} is not installed: every distribution of this repository is (pip install -e packages/*)"
+            )
         assert installed == VERSION, f"{name} {installed} is installed; reinstall it ({VERSION} in its pyproject)"
 
 

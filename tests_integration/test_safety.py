@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import ray
 import torch
-from environment import require
-from models import Loaded, in_object_store, script
+from environment import assert_stopped_by_a_weight_write, require
+from models import Loaded, in_object_store, process_id, script, where_tensors_lie
 from scripts import run_driver
 from torch import nn
 
@@ -93,8 +93,10 @@ def test_write_to_shared_weights_stops_the_writer_only(backend: str, kind: str) 
     writer, bystander = Loaded.remote(wrapper), Loaded.remote(wrapper)
     assert ray.get([writer.apply.remote(in_object_store), bystander.apply.remote(in_object_store)]) == [True, True]
 
+    pid = ray.get(writer.apply.remote(process_id))
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(writer.apply.remote(write, kind), timeout=120)
+    assert_stopped_by_a_weight_write(pid)
 
     assert_same(ray.get(bystander.apply.remote(snapshot), timeout=120), original)
     fresh = Loaded.remote(wrapper)
@@ -112,7 +114,8 @@ def test_writable_load_is_a_private_copy(backend: str) -> None:
     wrapper = ActorWrapper(model)
     editor, bystander = Loaded.remote(wrapper, writable=True), Loaded.remote(wrapper)
 
-    assert ray.get(editor.apply.remote(in_object_store)) is False
+    placed = ray.get(editor.apply.remote(where_tensors_lie))
+    assert placed and not any(placed.values()), f"a writable load shares some tensors: {placed}"
     for kind in WRITE_KINDS:
         assert ray.get(editor.apply.remote(write, kind), timeout=120) == "wrote"
     edited = ray.get(editor.apply.remote(snapshot))

@@ -9,12 +9,14 @@ and pipelines that would carry a model by value.
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 import pytest
 import ray
 import torch
-from models import Loaded
+from environment import assert_stopped_by_a_weight_write
+from models import Loaded, identity
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, TaskWrapper
@@ -41,6 +43,9 @@ class TwoLoads:
         self.first = wrapper.load()
         self.second = wrapper.load(**second_options)
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def drop_first(self) -> bool:
         del self.first
         gc.collect()
@@ -63,8 +68,10 @@ def test_dropping_one_of_two_loads_keeps_the_other_read_only(second_options: dic
     wrapper = ActorWrapper(model)
     holder, reader = TwoLoads.remote(wrapper, second_options), Loaded.remote(wrapper)
     assert ray.get(holder.drop_first.remote())
+    pid = ray.get(holder.pid.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(holder.write_through_second.remote(), timeout=60)
+    assert_stopped_by_a_weight_write(pid)
     assert torch.equal(ray.get(reader.apply.remote(first_weight_copy)), original)
     assert torch.equal(ray.get(Loaded.remote(wrapper).apply.remote(first_weight_copy)), original)
     ray.kill(reader)
@@ -86,6 +93,10 @@ class Corruptible(nn.Module):
             self.linear.weight.add_(1)
         return "wrote"
 
+    def whoami(self) -> tuple[int, int]:
+        """The worker process and the model object answering."""
+        return os.getpid(), identity(self)
+
 
 def test_a_task_worker_cache_that_evicts_one_of_two_option_sets_keeps_the_weights_read_only() -> None:
     model = Corruptible().eval()
@@ -96,14 +107,21 @@ def test_a_task_worker_cache_that_evicts_one_of_two_option_sets_keeps_the_weight
         "max_retries": 0,
         "num_cpus": 0.1,
     }
-    wrapper = TaskWrapper(model, method_names=["__call__", "corrupt"], task_options=one_slot)
+    wrapper = TaskWrapper(model, method_names=["__call__", "corrupt", "whoami"], task_options=one_slot)
     plain, prefaulted = wrapper.load(), wrapper.load(prefault=True)
-    # Both option sets on the same worker; each call evicts the other's cached model.
+    # Both option sets on the same worker; each switch evicts the other's cached model.
+    seen = []
     for _ in range(3):
-        assert torch.equal(plain(x), expected) and torch.equal(prefaulted(x), expected)
+        for shim in (plain, prefaulted):
+            assert torch.equal(shim(x), expected)
+            seen.append(shim.whoami())  # the model the call above rebuilt, still cached
+    pids = {pid for pid, _ in seen}
+    assert len(pids) == 1, f"the calls ran in {len(pids)} workers, so no cache had to evict: {seen}"
+    assert len({model for _, model in seen}) == len(seen), f"a switch found its model still cached: {seen}"
     # The worker dies (SIGSEGV); a Python exception in corrupt() would be a RayTaskError instead.
     with pytest.raises(ray.exceptions.WorkerCrashedError):
         prefaulted.corrupt()
+    assert_stopped_by_a_weight_write(pids.pop())
     assert torch.equal(plain(x), expected)
     assert torch.equal(ActorWrapper(model).load()(x), expected)
 
@@ -113,6 +131,9 @@ class ThreadedWriter:
     def __init__(self, wrapper: ActorWrapper) -> None:
         torch.set_num_threads(4)
         self.model = wrapper.load()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def write(self) -> str:
         with torch.no_grad():
@@ -125,8 +146,10 @@ def test_a_write_from_torch_worker_threads_ends_the_writer_within_seconds() -> N
     original_row = model.weight[0].detach().clone()
     wrapper = ActorWrapper(model)
     writer = ThreadedWriter.remote(wrapper)
+    pid = ray.get(writer.pid.remote())
     with pytest.raises(ray.exceptions.ActorDiedError):
         ray.get(writer.write.remote(), timeout=60)  # a hang would raise GetTimeoutError
+    assert_stopped_by_a_weight_write(pid)
     assert torch.equal(wrapper.load().weight[0], original_row)
 
 

@@ -33,18 +33,25 @@ def private_memory_bytes(pid: int | None = None) -> int:
     return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
-def anonymous_memory_bytes(pid: int | None = None) -> int:
+def anonymous_memory_bytes(pid: int | None = None) -> int | None:
     """Anonymous memory of a process, in bytes (``Pss_Anon``): its heap, stacks and private copies.
 
     Unlike :func:`private_memory_bytes` this leaves out pages of files the process maps
     (page cache, shared and reclaimable), so it shows whether reading a checkpoint
-    through a mapping made a private copy of it. 0 on kernels without ``Pss_Anon`` (< 5.7).
+    through a mapping made a private copy of it.
+
+    Returns:
+        The bytes, or None when the kernel does not report ``Pss_Anon`` (Linux before 5.7):
+        the meter cannot read there, and a caller must not take that for "no growth".
+
+    Raises:
+        OSError: ``/proc/PID/smaps_rollup`` cannot be read (not Linux, or no such process).
     """
     with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
         for line in rollup:
             if line.startswith("Pss_Anon:"):
                 return int(line.split()[1]) * 1024
-    return 0
+    return None
 
 
 def trim_heap() -> None:
