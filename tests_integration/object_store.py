@@ -39,3 +39,30 @@ def wait_for_store(predicate: Callable[[int], bool], timeout: float = 60) -> int
 def wait_for_store_at_most(limit: int, timeout: float = 60) -> int:
     """Poll until the store holds at most ``limit`` bytes; return the last reading."""
     return wait_for_store(lambda used: used <= limit, timeout)
+
+
+def store_bytes_by_node() -> dict[str, int]:
+    """Bytes allocated in each alive node's object store right now (node id to bytes), from each raylet."""
+    import grpc
+    from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
+
+    used = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        with grpc.insecure_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}") as channel:
+            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
+            request = node_manager_pb2.GetNodeStatsRequest(include_memory_info=False)
+            reply = stub.GetNodeStats(request, timeout=30)
+        used[node["NodeID"]] = int(reply.store_stats.object_store_bytes_used)
+    return used
+
+
+def wait_for_nodes(predicate: Callable[[dict[str, int]], bool], timeout: float = 60) -> dict[str, int]:
+    """Poll every node's store usage until ``predicate(usage)`` holds or ``timeout`` passes; return the last."""
+    deadline = time.monotonic() + timeout
+    used = store_bytes_by_node()
+    while not predicate(used) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        used = store_bytes_by_node()
+    return used

@@ -23,7 +23,7 @@ from models import WhereTensorsLie
 from scripts import run_driver
 from torch import nn
 
-from ray_zerocopy import ModelWrapper, TaskWrapper
+from ray_zerocopy import ActorWrapper, ModelWrapper, TaskWrapper
 from ray_zerocopy_core.errors import PipelineError
 from ray_zerocopy_core.inspection import aliases_object_store
 
@@ -256,7 +256,7 @@ def test_load_accepts_0x_use_fast_load_spelling_with_a_warning() -> None:
         fast = wrapper.load(_use_fast_load=True)
     assert not isinstance(fast.weight, nn.Parameter)
     assert isinstance(wrapper.load().weight, nn.Parameter)
-    assert inspect.signature(ModelWrapper.load).parameters["use_fast_load"].default is None
+    assert inspect.signature(ActorWrapper.load).parameters["use_fast_load"].default is None
 
 
 def test_deserialize_keeps_the_class_mode() -> None:

@@ -246,7 +246,7 @@ def test_the_built_wheels_install_and_share_an_exported_program(
     assert done.returncode == 0, done.stderr
     script = (
         "import torch, ray_zerocopy, ray_zerocopy_export\n"
-        "from ray_zerocopy import backend_for\n"
+        "from ray_zerocopy_core.registry import backend_for\n"
         "ep = torch.export.export(torch.nn.Linear(2, 2), (torch.ones(1, 2),))\n"
         "print(ray_zerocopy.__version__, type(backend_for(ep)).__name__, ray_zerocopy_export.__file__)\n"
     )

@@ -30,6 +30,7 @@ import torch
 
 from ray_zerocopy._jit_import import jit_wrapper
 from ray_zerocopy_core.errors import UnsupportedModelError
+from ray_zerocopy_core.pipeline import load_pipeline_bytes
 from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, TensorTable
 from ray_zerocopy_core.registry import backend_for, get_backend
 from ray_zerocopy_core.wrappers import ActorWrapper, TaskWrapper
@@ -213,8 +214,9 @@ class Family:
             skeleton, refs = self._store(pipeline, model_attr_names)
             return skeleton, {name: (ref, None) for name, ref in refs.items()}
         wrapper = self._wrapper_class(self.task_wrapper)(pipeline, method_names, model_attr_names=model_attr_names)
-        kwargs, methods = wrapper.constructor_kwargs, set(wrapper.method_names)
-        return kwargs["pipeline_skeleton"], {name: (ref, set(methods)) for name, ref in kwargs["model_refs"].items()}
+        parts, methods = wrapper.serialize(), set(wrapper.method_names)
+        skeleton = None if parts["pipeline"] is None else load_pipeline_bytes(parts["pipeline"], {})
+        return skeleton, {name: (ref, set(methods)) for name, ref in parts["model_refs"].items()}
 
     def prepare_pipeline_for_actors(
         self, pipeline: Any, model_attr_names: Iterable[str] | None = None

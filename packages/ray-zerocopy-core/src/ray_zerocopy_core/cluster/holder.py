@@ -85,6 +85,8 @@ class _Copy:
     head: Any = None  # the ObjectRef of this node's head, once every chunk is here
     error: str | None = None
     children: int = 0
+    served: int = 0  # peers that ever pulled from here
+    sources: list[str] = field(default_factory=list)  # the peers this copy pulled from, in order
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -239,6 +241,7 @@ class NodeHolder:
         lost: dict[str, str] = {}  # peer node -> why it was left
         while copy.meta is None or copy.have < len(copy.chunks):
             node, peer = self._attach(key, peers, copy.have, lost)
+            copy.sources.append(node)
             try:
                 if copy.meta is None:
                     self._set_meta(copy, ray.get(peer.meta.remote(key), timeout=STALL_TIMEOUT_S))
@@ -307,13 +310,16 @@ class NodeHolder:
     # --- serving peers --------------------------------------------------------------------
 
     def status(self, key: str) -> dict[str, Any]:
-        """What this node has of ``key``: chunks here, peers served, whether it serves, is complete."""
+        """What this node has of ``key``: chunks here, peers it serves now and ever did, the peers it pulled
+        from, whether it serves (holds or receives the model), is complete, failed."""
         with self._changed:
             copy = self._copies.get(key)
             return {
                 "node": self._node,
                 "have": copy.have if copy is not None else 0,
                 "children": copy.children if copy is not None else 0,
+                "served": copy.served if copy is not None else 0,
+                "sources": list(copy.sources) if copy is not None else [],
                 "serving": copy is not None and copy.error is None and copy.meta is not None,
                 "complete": copy is not None and copy.head is not None,
                 "failed": copy is not None and copy.error is not None,
@@ -326,6 +332,7 @@ class NodeHolder:
             if copy is None or copy.error is not None or (limit is not None and copy.children >= limit):
                 return False
             copy.children += 1
+            copy.served += 1
             return True
 
     def detach(self, key: str) -> None:

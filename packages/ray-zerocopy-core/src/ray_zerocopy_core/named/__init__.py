@@ -236,7 +236,8 @@ def publish(
             creates them (e.g. ``resources``); by default they take no CPU.
         nodes: also place a copy on these nodes now and wait for them (see
             :func:`replicate`): ``"all"``, or node ids. None: other nodes copy on first load.
-        copies_from: how those copies are made (see :func:`replicate`).
+        copies_from: how those copies are made (see :func:`replicate`). With ``"files"``
+            and a loader or checkpoint, each of ``nodes`` (and only those) reads it itself.
         device, use_fast_load, writable, prefault: the defaults of
             :func:`load_published` for this model (as for ``ActorWrapper``).
 
@@ -251,9 +252,11 @@ def publish(
     previous = kv_get(name)
     group = _group_for(name, holder)
     client = DirectoryClient(group, holder_options)
+    read_here = copies_from == "files" and nodes is not None
     try:
         if _is_loader(model_or_loader, names):
-            record = client.build(name, _job(model_or_loader, names), defaults, False)
+            targets = cluster.target_nodes(nodes) if read_here and nodes is not None else None
+            record = client.build(name, _job(model_or_loader, names), defaults, False, targets)
         else:
             shared = SharedPipeline.share(model_or_loader, names, copies=False)
             heads = {attr: [ref] for attr, ref in shared.refs.items()}
@@ -265,7 +268,7 @@ def publish(
         client.close_if_empty()  # a bad model or a failing loader leaves no empty holder behind
         raise
     _after_publish(name, previous, group)
-    if nodes is not None:
+    if nodes is not None and not (read_here and record["built_by"] == "loader"):
         replicate(name, nodes, copies_from=copies_from)
         record = kv_get(name) or record
     return PublishedModel.from_record(record)

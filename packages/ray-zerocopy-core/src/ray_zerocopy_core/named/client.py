@@ -105,9 +105,11 @@ class DirectoryClient:
         """The directory takes the models the caller stored on ``node`` (boxed head refs); returns the record."""
         return dict(self._call("install", name, node, heads, extra, options))
 
-    def build(self, name: str, job: bytes, options: dict[str, Any], only_if_missing: bool) -> dict[str, Any]:
-        """The directory runs ``job`` on its node and records what it stores; returns the record."""
-        return dict(self._call("build_named", name, job, options, only_if_missing))
+    def build(
+        self, name: str, job: bytes, options: dict[str, Any], only_if_missing: bool, nodes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The directory runs ``job`` on ``nodes`` (default: its own), recording what they store; the record."""
+        return dict(self._call("build_named", name, job, options, only_if_missing, nodes))
 
     def copy_on(self, key: str, node: str, known: list[str]) -> Any:
         """The future of ``node``'s head of ``key`` (a copy from peers started if needed)."""

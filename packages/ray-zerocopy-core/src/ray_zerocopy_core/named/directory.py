@@ -154,11 +154,12 @@ class NamedDirectory(CopyDirectory):
             return self._install(name, version, node, keys, extra, options, "caller", None)
 
     def build_named(
-        self, name: str, job: bytes, options: dict[str, Any], only_if_missing: bool, node: str | None = None
+        self, name: str, job: bytes, options: dict[str, Any], only_if_missing: bool, nodes: list[str] | None = None
     ) -> dict[str, Any] | str:
-        """Run the loader (``job``) in a task on ``node`` (default: this directory's); own what it stores; record it.
+        """Run the loader (``job``) in a task on each of ``nodes`` (default: this directory's); record what they store.
 
-        With ``only_if_missing``, a name some node still holds is left as it is.
+        Each node builds its own copy (a checkpoint is read from that node's files). With
+        ``only_if_missing``, a name some node still holds is left as it is.
         """
         with self._working_on(name) as working:
             if not working:
@@ -167,12 +168,17 @@ class NamedDirectory(CopyDirectory):
             if only_if_missing and existing is not None and self._held(existing):
                 return existing
             version = self._next_version(name)
-            node = node or self.ready()
+            targets = list(nodes or [self.ready()])
             prefix = f"{name}@{version}/"
-            result = ray.get(self.build(prefix, node, job))
-            keys = {attr: prefix + attr for attr in result["heads"]}
-            self.built(list(keys.values()), node)
-            return self._install(name, version, node, keys, result["extra"], options, "loader", job)
+            results = ray.get([self.build(prefix, node, job) for node in targets])
+            keys = {attr: prefix + attr for attr in results[0]["heads"]}
+            for node in targets:
+                self.built(list(keys.values()), node)
+            record = self._install(name, version, targets[0], keys, results[0]["extra"], options, "loader", job)
+            if len(targets) > 1:
+                record["nodes"] = targets
+                kv_put(name, record)
+            return record
 
     def _held(self, record: dict[str, Any]) -> bool:
         """Whether some node still holds every model of ``record``."""
