@@ -42,6 +42,7 @@ def test_the_public_surface_is_what_users_call() -> None:
             "load_published",
             "unpublish",
             "list_published",
+            "replicate",
             "PublishedModel",
             "aliases_object_store",
             "ZeroCopyError",

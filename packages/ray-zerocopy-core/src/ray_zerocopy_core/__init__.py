@@ -19,6 +19,7 @@ from ray_zerocopy_core.named import (
     list_published,
     load_published,
     publish,
+    replicate,
     unpublish,
 )
 from ray_zerocopy_core.plugin import RELEASE
@@ -42,5 +43,6 @@ __all__ = [
     "list_published",
     "load_published",
     "publish",
+    "replicate",
     "unpublish",
 ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from ray_zerocopy_core.cluster import Progress, target_nodes
 from ray_zerocopy_core.errors import InvalidOptionError, UnknownMethodError, WrongModeError
 from ray_zerocopy_core.options import LoadOptions
 from ray_zerocopy_core.pipeline import SharedPipeline
@@ -256,8 +257,28 @@ class ModelWrapper(metaclass=_WrapperType):
         """Weight bytes in the object store for this wrapper, all models together."""
         return sum(self._shared.nbytes.values())
 
+    def replicate(self, nodes: str | Iterable[str] = "all", *, progress: Progress | None = None) -> list[str]:
+        """Place a copy of the models on ``nodes`` now, and wait for every one; return the nodes that hold one.
+
+        Without this, a node gets its copy when a worker there first loads the models.
+        Each copy is owned by a holder on its node and ends with this wrapper (its
+        :meth:`release`, or the process that wrapped). Nodes pull the chunks from nodes
+        that hold or receive them, so many nodes fill in about the time one transfer
+        takes. On a single-node cluster there is nothing to copy.
+
+        Example::
+
+            wrapper = ActorWrapper(model)
+            wrapper.replicate("all", progress=lambda node, done, total: print(f"{done}/{total} nodes ready"))
+
+        Args:
+            nodes: ``"all"`` (every alive node) or node ids (``ray.nodes()``'s ``NodeID``).
+            progress: called as each node's copy completes: ``progress(node_id, done, total)``.
+        """
+        return self._shared.replicate(target_nodes(nodes), progress)
+
     def release(self) -> None:
-        """Drop the wrapper's references to the stored models.
+        """Drop the wrapper's references to the stored models (and, in the process that wrapped, every node's copy).
 
         Ray frees the objects once no worker still uses them; this wrapper can no
         longer load afterwards (:class:`~ray_zerocopy_core.errors.WrapperReleasedError`).
