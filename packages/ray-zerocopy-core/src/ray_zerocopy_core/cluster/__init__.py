@@ -14,6 +14,7 @@ stored, exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -84,22 +85,26 @@ def resolve(future: Any, what: str) -> Any:
         raise lost(exc, what) from exc
 
 
-_directory: Any = None
+#: This process's directory for its wrappers, per Ray session (GCS address and job id) it was made in.
+_directories: dict[tuple[str, str], Any] = {}
 
 
 def job_directory() -> Any:
     """This process's directory for its wrappers (created on first use; it and its holders end with this process)."""
-    global _directory
-    if _directory is None:
-        node = this_node()
-        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node, soft=True)
+    context = ray.get_runtime_context()
+    session = (str(context.gcs_address), context.get_job_id())
+    directory = _directories.get(session)
+    if directory is None:
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(this_node(), soft=True)
         group = f"process-{uuid.uuid4().hex[:12]}"
-        _directory = (
+        directory = (
             remote_directory()
             .options(num_cpus=0, max_concurrency=64, scheduling_strategy=strategy)
             .remote(group, detached=False)
         )
-    return _directory
+        _directories.clear()  # a directory of an earlier session is gone with it
+        _directories[session] = directory
+    return directory
 
 
 @dataclass
@@ -148,8 +153,10 @@ class NodeCopies:
         return wait_for_copies(ray.get(calls), labels, nodes, progress, "The model")
 
     def release(self) -> None:
-        """Drop every node's copy (the origin's objects go with the wrapper's refs)."""
-        self.directory.release.remote(list(self.keys.values()))
+        """Drop every node's copy (the origin's objects go with the wrapper's refs); nothing once Ray is shut down."""
+        if ray.is_initialized():
+            with contextlib.suppress(Exception):  # its directory may be gone already (the cluster shut down)
+                self.directory.release.remote(list(self.keys.values()))
 
 
 def wait_for_copies(

@@ -107,8 +107,9 @@ class CopyDirectory:
             future = copies.get(node)
             if future is not None and not self._failed(future):
                 return future
+            # Under the lock: a node asked for next sees this one among its peers (so nodes form a chain).
             peers = [(other, self._holders[other]) for other in copies if other != node and other in self._holders]
-        return self._record(key, node, self.holder(node).replicate.remote(key, peers))
+            return self._record(key, node, self.holder(node).replicate.remote(key, peers))
 
     def _find(self, node: str) -> Any:
         """A detached group's holder on ``node`` if one runs there (None: none, its node is gone, not detached)."""

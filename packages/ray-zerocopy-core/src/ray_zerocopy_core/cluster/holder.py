@@ -49,6 +49,8 @@ from ray_zerocopy_core import process_memory
 
 #: Peers a holder serves at once while another holder has room (1: nodes that arrive together form a chain).
 MAX_CHILDREN = 1
+#: How long a puller waits for a peer that is about to serve (its holder starting) before it shares a busy one.
+CROWD_WAIT_S = 30.0
 #: Chunks a puller asks for ahead of the one it is copying, so that its link stays busy.
 WINDOW = 3
 #: How long a puller waits for a peer to answer a question before it counts the peer as gone.
@@ -277,8 +279,9 @@ class NodeHolder:
         fails once every peer is gone or has failed, or after :data:`STALL_TIMEOUT_S`.
         """
         deadline = time.monotonic() + STALL_TIMEOUT_S
+        crowd_deadline = time.monotonic() + CROWD_WAIT_S
         while True:
-            candidates, hopeful = [], False
+            candidates, hopeful, starting = [], False, False
             for node, peer in peers:
                 if node in lost:
                     continue
@@ -291,10 +294,13 @@ class NodeHolder:
                     lost[node] = "its own copy failed"
                     continue
                 hopeful = hopeful or not status["complete"]  # starting, or still receiving
+                starting = starting or not status["serving"]
                 if status["serving"] and (status["have"] > position or position == 0):
                     candidates.append((status["children"], -status["have"], node, peer))
             candidates.sort(key=lambda candidate: candidate[:3])
-            for limit in (MAX_CHILDREN, None):  # one with room first, else the least busy
+            # One with room first; else, once no peer is about to serve, the least busy one.
+            crowded = not starting or time.monotonic() > crowd_deadline
+            for limit in (MAX_CHILDREN, None) if crowded else (MAX_CHILDREN,):
                 for _, _, node, peer in candidates:
                     with contextlib.suppress(*PEER_GONE):
                         if ray.get(peer.attach.remote(key, limit), timeout=PEER_TIMEOUT_S):
@@ -305,7 +311,7 @@ class NodeHolder:
                     f"no node holds chunk {position} of this model any more to copy it to node {self._node}; "
                     f"nodes lost or failed: {gone}"
                 )
-            time.sleep(0.1)  # a peer is starting, or still receiving that chunk from its own source
+            time.sleep(0.05)  # a peer is starting, or still receiving that chunk from its own source
 
     # --- serving peers --------------------------------------------------------------------
 
