@@ -128,6 +128,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     machine = results["machine"]
     args = results["args"]
+    loads = [r["load_average_1min"] for r in runs]
     rates = ", ".join(f"K={k}: {v:.0f}" for k, v in results["measured_rate_mbit"].items())
     lines = [
         f"# One model to every node at once: K Ray nodes, links limited to {args['rate']:g} Mbit/s",
@@ -142,7 +143,8 @@ def render(results: dict[str, Any]) -> str:
         "forward; *wrap*: the driver's step before it (ray.put or ActorWrapper), timed apart. Bytes are the "
         "veth counters (/sys/class/net) of each host's link over the load, headers and Ray's control traffic "
         "included. Store peaks: the raylet's used bytes (GetNodeStats), polled every 50 ms inside each node; "
-        "node peaks are the smallest - largest over the K nodes.",
+        "node peaks are the smallest - largest over the K nodes. The machine is shared: its 1-minute load "
+        f"average when the loads began was {min(loads):.1f} - {max(loads):.1f}.",
     ]
     return "\n".join(lines) + "\n"
 

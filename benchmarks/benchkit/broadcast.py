@@ -18,6 +18,7 @@ model (one call). ``release(handle)`` frees what ``prepare`` made.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -204,6 +205,7 @@ def measure(method: ClusterMethod, spec: ModelSpec, head_address: str, node_addr
     before = ray.get([actor.begin.remote() for actor in actors])
     head_sampler.reset()
     head_before = host_link_bytes()
+    load_average = os.getloadavg()[0]
     t0 = time.time()
     loads = ray.get([actor.load.remote(method.name, handle) for actor in actors], timeout=1800)
     driver_all_s = time.time() - t0
@@ -241,6 +243,7 @@ def measure(method: ClusterMethod, spec: ModelSpec, head_address: str, node_addr
         "all_ready_s": max(n["ready_s"] for n in nodes),
         "first_ready_s": min(n["ready_s"] for n in nodes),
         "driver_all_s": driver_all_s,
+        "load_average_1min": load_average,
         "head": {
             "address": head_address,
             "sent": head_after[0] - head_before[0],

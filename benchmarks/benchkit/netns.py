@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ def exit_on_signals() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into ``SystemExit`` (SIGINT already raises), so ``finally`` blocks run."""
 
     def stop(signum: int, frame: Any) -> None:
+        print(f"signal {signum}: tearing the test network down", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}

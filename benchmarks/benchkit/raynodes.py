@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit.netns import Host, TestNetwork
+from benchkit.netns import Host, TestNetwork, kill_namespace_processes
 from benchkit.probe import BENCHMARKS_DIR
 
 MIB = 1024**2
@@ -58,6 +58,7 @@ class RayOnNetwork:
         ray = str(Path(sys.executable).with_name("ray"))
         argv = [ray, "start", "--node-ip-address", host.address, "--node-manager-port", str(RAYLET_PORT)]
         argv += ["--temp-dir", str(self.temp_root / host.name), "--disable-usage-stats"]
+        argv += ["--include-log-monitor", "false"]  # the driver does not print workers' logs
         argv += ["--object-store-memory", str(self.object_store_mib * MIB)]
         if head:
             # The head runs only the driver: no CPUs, so no actor is placed there by accident.
@@ -66,34 +67,49 @@ class RayOnNetwork:
             argv += ["--address", self.address, "--num-cpus", str(self.node_cpus)]
         return self.network.command(host, argv)
 
-    def start(self) -> None:
-        """Start the head, then every other node at once; raise :class:`RayStartError` on a failure."""
-        env = ray_environment()
-        self._run(self.network.head, True, env)
-        starts = {
-            host.name: subprocess.Popen(
-                self._start_command(host, False),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for host in self.network.nodes
-        }
-        failures = []
-        for name, process in starts.items():
-            output, _ = process.communicate(timeout=300)
-            if process.returncode != 0:
-                failures.append(f"{name}: {output.strip()[-2000:]}")
-        if failures:
-            raise RayStartError("`ray start` failed on " + "\n".join(failures))
+    def start(self, parallel: int = 2, attempts: int = 3) -> None:
+        """Start the head, then the other nodes ``parallel`` at a time; raise :class:`RayStartError`.
 
-    def _run(self, host: Host, head: bool, env: dict[str, str]) -> None:
-        result = subprocess.run(
-            self._start_command(host, head), env=env, capture_output=True, text=True, timeout=300, check=False
-        )
-        if result.returncode != 0:
-            raise RayStartError(f"`ray start` failed on {host.name}: {(result.stdout + result.stderr)[-2000:]}")
+        ``ray start`` gives a raylet 30 s to register with the head; on a busy two-core
+        machine several starting at once can miss that, so a node that fails is
+        stopped (its namespace's processes killed) and started again, ``attempts`` times.
+        """
+        env = ray_environment()
+        self._start_with_retries([self.network.head], True, env, attempts)
+        nodes = self.network.nodes
+        for first in range(0, len(nodes), parallel):
+            self._start_with_retries(nodes[first : first + parallel], False, env, attempts)
+
+    def _start_with_retries(self, hosts: list[Host], head: bool, env: dict[str, str], attempts: int) -> None:
+        pending, errors = list(hosts), ""
+        for _ in range(attempts):
+            if not pending:
+                return
+            starts = [
+                (
+                    host,
+                    subprocess.Popen(
+                        self._start_command(host, head),
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                    ),
+                )
+                for host in pending
+            ]
+            failed = []
+            for host, process in starts:
+                output, _ = process.communicate(timeout=300)
+                if process.returncode != 0:
+                    failed.append(host)
+                    errors = f"{host.name}: {output.strip()[-1500:]}"
+            if failed:
+                kill_namespace_processes([host.namespace for host in failed])
+            pending = failed
+        if pending:
+            names = ", ".join(host.name for host in pending)
+            raise RayStartError(f"`ray start` failed {attempts} times on {names}; last output of {errors}")
 
     def driver(self, argv: list[str]) -> list[str]:
         """``argv`` as a command run in the head's namespace with Ray's environment."""
