@@ -105,6 +105,7 @@ def render(results: dict[str, Any]) -> str:
                 seconds(r["all_ready_s"]),
                 f"{ratio:.2f}x",
                 f"{mib(r['head']['sent'])} ({r['head']['sent'] / weights:.2f}x)",
+                f"{r['head']['sent'] * 8 / (r['all_ready_s'] * results['args']['rate'] * 1e6):.0%}",
                 mib(sum(n["sent"] for n in nodes)),
                 f"{mib(sum(n['received'] for n in nodes))} ({sum(n['received'] for n in nodes) / weights:.2f}x)",
                 mib(r["head"]["store_peak"]),
@@ -120,6 +121,7 @@ def render(results: dict[str, Any]) -> str:
         "every node ready",
         f"vs K={smallest}",
         "head sent (x model)",
+        "head link busy",
         "nodes sent",
         "nodes received (x model)",
         "head store peak",
@@ -142,7 +144,8 @@ def render(results: dict[str, Any]) -> str:
         "*every node ready*: from the moment all actors are asked to load until the last has run its first "
         "forward; *wrap*: the driver's step before it (ray.put or ActorWrapper), timed apart. Bytes are the "
         "veth counters (/sys/class/net) of each host's link over the load, headers and Ray's control traffic "
-        "included. Store peaks: the raylet's used bytes (GetNodeStats), polled every 50 ms inside each node; "
+        "included; *head link busy*: the head's bytes sent over what its link can carry in that time. "
+        "Store peaks: the raylet's used bytes (GetNodeStats), polled every 50 ms inside each node; "
         "node peaks are the smallest - largest over the K nodes. The machine is shared: its 1-minute load "
         f"average when the loads began was {min(loads):.1f} - {max(loads):.1f}.",
     ]
