@@ -138,7 +138,7 @@ def render(results: dict[str, Any]) -> str:
     from benchkit.report import mib, seconds, table
 
     rows = []
-    runs = results["runs"]
+    runs = sorted(results["runs"], key=lambda r: (r["size_mib"], r["nodes_count"]))  # methods keep their order
     smallest = min(r["nodes_count"] for r in runs)
     base = {(r["size_mib"], r["method"]): r["all_ready_s"] for r in runs if r["nodes_count"] == smallest}
     for r in runs:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     removed = netns.remove_stale()
     if removed:
-        print(f"removed namespaces left by killed runs: {', '.join(removed)}", flush=True)
+        print(f"removed what killed runs left behind: {', '.join(removed)}", flush=True)
     if args.cleanup:
         return 0
 

@@ -15,19 +15,21 @@ Everything is named ``rzcb-<pid>-...`` (the pid of the process that made it) and
 down by :meth:`TestNetwork.destroy`: the processes left in each host namespace are
 killed by pid, then the namespaces are deleted, which removes their veths, the bridge
 and the tc rules with them. :func:`remove_stale` cleans up after a run that was killed
-before it could (``kill -9``).
+before it could (``kill -9``): namespaces and Ray's temp dirs whose owner pid is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: Prefix of every namespace and interface the benchmark creates.
@@ -120,14 +122,22 @@ def remove_namespace(namespace: str) -> None:
 
 
 def remove_stale() -> list[str]:
-    """Delete namespaces left by runs whose process is gone (``rzcb-<pid>-...``); their names."""
+    """Delete what runs whose process is gone left (``rzcb-<pid>-...``): namespaces and /tmp dirs."""
     removed = []
     for namespace in our_namespaces():
-        owner = namespace[len(PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if _owner_gone(namespace):
             remove_namespace(namespace)
             removed.append(namespace)
+    for path in Path("/tmp").glob(f"{PREFIX}*-*"):
+        if path.is_dir() and _owner_gone(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
     return removed
+
+
+def _owner_gone(name: str) -> bool:
+    owner = name[len(PREFIX) :].split("-", 1)[0]
+    return owner.isdigit() and not _alive(int(owner))
 
 
 def _alive(pid: int) -> bool:
@@ -159,13 +169,18 @@ def signals_blocked() -> Iterator[None]:
 
 @contextlib.contextmanager
 def exit_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into ``SystemExit`` (SIGINT already raises), so ``finally`` blocks run."""
+    """Turn SIGINT, SIGTERM and SIGHUP into ``SystemExit`` so that ``finally`` blocks tear down.
+
+    SIGINT is set too because a process started in the background by a shell inherits
+    it ignored, and Ctrl-C or ``kill -INT`` must still tear the network down.
+    """
 
     def stop(signum: int, frame: Any) -> None:
         print(f"signal {signum}: tearing the test network down", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         yield
     finally:
