@@ -133,6 +133,28 @@ def _verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
+def measure_one(network: Any, method: str, size: int, store_mib: int, logs: Path, progress: Any) -> dict[str, Any]:
+    """One method, one model size, on a fresh Ray cluster over ``network``; the driver's result."""
+    from benchkit.models import ModelSpec, spec_weight_bytes
+    from benchkit.raynodes import RayOnNetwork
+
+    label = f"K={len(network.nodes)} {size} MiB {method}"
+    progress(f"{label}: starting Ray ({store_mib} MiB store per node)")
+    with RayOnNetwork(network, store_mib) as cluster:
+        progress(f"{label}: Ray started; measuring")
+        request = {
+            "address": cluster.address,
+            "method": method,
+            "size_mib": size,
+            "head_address": network.head.address,
+            "node_addresses": [host.address for host in network.nodes],
+        }
+        run = run_driver(cluster, request, logs / f"k{len(network.nodes)}_{size}mib_{method}.log")
+    run["size_mib"] = size
+    run["spec_weight_bytes"] = spec_weight_bytes(ModelSpec(size))
+    return run
+
+
 def render(results: dict[str, Any]) -> str:
     """The markdown table, one row per (size, K, method), with how it was measured."""
     from benchkit.report import mib, seconds, table
@@ -202,6 +224,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         *node_lines(runs),
         "",
+        *([f"Failed: {'; '.join(results['failures'])}", ""] if results.get("failures") else []),
         f"Measured {machine['date']} on one machine ({machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"torch {machine['torch']}, ray {machine['ray']}): K + 1 network namespaces on a bridge, each link "
         f"limited to {args['rate']:g} Mbit/s both ways with tc (tbf on both ends of its veth). "
@@ -234,8 +257,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchkit.broadcast import CLUSTER_METHODS
     from benchkit.cluster import machine_info
-    from benchkit.models import ModelSpec, spec_weight_bytes
-    from benchkit.raynodes import RayOnNetwork
     from benchkit.report import write_report
 
     unknown = [m for m in args.methods if m not in CLUSTER_METHODS]
@@ -255,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {"nodes": args.nodes, "size": args.size, "rate": args.rate, "methods": args.methods},
         "measured_rate_mbit": {},
         "runs": [],
+        "failures": [],
     }
     with netns.exit_on_signals():
         for count in args.nodes:
@@ -266,31 +288,32 @@ def main(argv: list[str] | None = None) -> int:
                 for size in args.size:
                     store_mib = args.store_mib or 2 * size + 128
                     for name in args.methods:
-                        progress(f"K={count} {size} MiB {name}: starting Ray ({store_mib} MiB store per node)")
-                        with RayOnNetwork(network, store_mib) as cluster:
-                            progress(f"K={count} {size} MiB {name}: Ray started; measuring")
-                            request = {
-                                "address": cluster.address,
-                                "method": name,
-                                "size_mib": size,
-                                "head_address": network.head.address,
-                                "node_addresses": [host.address for host in network.nodes],
-                            }
-                            run = run_driver(cluster, request, logs / f"k{count}_{size}mib_{name}.log")
-                        run["size_mib"] = size
-                        run["spec_weight_bytes"] = spec_weight_bytes(ModelSpec(size))
+                        label = f"K={count} {size} MiB {name}"
+                        try:
+                            run = measure_one(network, name, size, store_mib, logs, progress)
+                        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                            # One failed point (Ray did not start, the driver failed) is reported, and the
+                            # others still run; the exit status says that something failed.
+                            progress(f"{label}: FAILED: {error}")
+                            results["failures"].append(f"{label}: {error}")
+                            continue
                         results["runs"].append(run)
                         progress(
-                            f"K={count} {size} MiB {name}: every node ready {run['all_ready_s']:.2f} s, head sent "
+                            f"{label}: every node ready {run['all_ready_s']:.2f} s, head sent "
                             f"{run['head']['sent'] / 2**20:.0f} MiB, outputs equal {run['outputs_equal']}"
                         )
             left = [n for n in netns.our_namespaces() if n.startswith(network.tag + "-")]
             if left:
+                results["failures"].append(f"namespaces left behind after K={count}: {left}")
                 print(f"namespaces left behind: {left}", file=sys.stderr)
-                return 1
+                break
     results["elapsed_s"] = time.perf_counter() - start
-    write_report(args.out, "cluster", results, render(results))
-    return 0 if all(r["outputs_equal"] for r in results["runs"]) else 1
+    if results["runs"]:
+        write_report(args.out, "cluster", results, render(results))
+    for failure in results["failures"]:
+        print(f"failed: {failure}", file=sys.stderr)
+    ok = results["runs"] and not results["failures"] and all(r["outputs_equal"] for r in results["runs"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
