@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     with netns.exit_on_signals():
         for count in args.nodes:
             progress(f"K={count}: building {count + 1} namespaces, links at {args.rate:g} Mbit/s")
-            with netns.TestNetwork(count, args.rate, args.subnet) as network:
+            with netns.NamespaceNetwork(count, args.rate, args.subnet) as network:
                 rate = network.measure_rate()
                 results["measured_rate_mbit"][str(count)] = rate
                 progress(f"K={count}: TCP head -> n1 {rate:.0f} Mbit/s")

@@ -12,7 +12,7 @@ Used by ``benchmarks/cluster.py`` (needs root and iproute2's ``ip`` and ``tc``).
   it receives).
 
 Everything is named ``rzcb-<pid>-...`` (the pid of the process that made it) and torn
-down by :meth:`TestNetwork.destroy`: the processes left in each host namespace are
+down by :meth:`NamespaceNetwork.destroy`: the processes left in each host namespace are
 killed by pid, then the namespaces are deleted, which removes their veths, the bridge
 and the tc rules with them. :func:`remove_stale` cleans up after a run that was killed
 before it could (``kill -9``): namespaces and Ray's temp dirs whose owner pid is gone.
@@ -188,7 +188,7 @@ def exit_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class TestNetwork:
+class NamespaceNetwork:
     """``nodes`` + 1 hosts on a bridge, each link limited to ``rate_mbit`` both ways; a context manager."""
 
     def __init__(self, nodes: int, rate_mbit: float, subnet: str = DEFAULT_SUBNET) -> None:
@@ -215,7 +215,7 @@ class TestNetwork:
         """The hosts of the K worker nodes (the head excluded)."""
         return self.hosts[1:]
 
-    def __enter__(self) -> TestNetwork:
+    def __enter__(self) -> NamespaceNetwork:
         try:
             self.create()
         except BaseException:

@@ -1,4 +1,4 @@
-"""A Ray cluster on a :class:`benchkit.netns.TestNetwork`: one Ray node per host namespace.
+"""A Ray cluster on a :class:`benchkit.netns.NamespaceNetwork`: one Ray node per host namespace.
 
 The head runs ``ray start --head`` in the head's namespace; every other host joins it.
 Each node has its own ``--temp-dir`` (Ray's sockets would collide in one), its own
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit.netns import Host, TestNetwork, kill_namespace_processes
+from benchkit.netns import Host, NamespaceNetwork, kill_namespace_processes
 from benchkit.probe import BENCHMARKS_DIR
 
 MIB = 1024**2
@@ -43,7 +43,7 @@ def ray_environment() -> dict[str, str]:
 class RayOnNetwork:
     """Ray started on every host of ``network``; :meth:`stop` kills it by pid, a context manager."""
 
-    def __init__(self, network: TestNetwork, object_store_mib: int, node_cpus: int = 1) -> None:
+    def __init__(self, network: NamespaceNetwork, object_store_mib: int, node_cpus: int = 1) -> None:
         self.network = network
         self.object_store_mib = object_store_mib
         self.node_cpus = node_cpus
