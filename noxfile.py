@@ -149,3 +149,16 @@ def bench_named(session: nox.Session) -> None:
     install_project(session)
     session.install("psutil>=5.9", "ray[default]")
     session.run("python", "benchmarks/multiplex.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench_cluster(session: nox.Session) -> None:
+    """One model to K Ray nodes at once over tc-limited links (root only; ``-- --help`` for flags)."""
+    if os.geteuid() != 0:
+        session.error(
+            "bench_cluster needs root: it builds network namespaces, veths, a bridge and tc rules "
+            "(run nox as root on a machine with iproute2)"
+        )
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]")  # [default]: grpcio, for each raylet's store stats
+    session.run("python", "benchmarks/cluster.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})

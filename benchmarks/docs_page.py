@@ -70,12 +70,13 @@ $ nox -s bench -- --quick           # a few minutes, small model, 2 actors
 $ nox -s bench -- --size 64,512 --actors 1,4 --methods zerocopy,ray_put
 $ nox -s bench_named                # named models switched by multiplexed replicas
 $ nox -s bench_checkpoint           # from checkpoint files; -- --scale-gib 10 for the scale point
+$ nox -s bench_cluster              # as root: K Ray nodes over tc-limited links (-- --nodes 2,4,8)
 $ python benchmarks/docs_page.py    # regenerate this page from benchmarks/results/
 ```
 
 `nox -s demo` runs the short version: one 256 MiB model, 4 actors, ray-zerocopy against
 `ray.put`. Results land in `benchmarks/results/` (`results.md`, `results.json`, PNG plots;
-`multiplex.md` and `checkpoint.md` from the other two sessions, added to this page).
+`multiplex.md`, `checkpoint.md` and `cluster.md` from the other sessions, added to this page).
 
 """
 
@@ -196,6 +197,19 @@ CI): a 10 GiB checkpoint loaded in 4 actors, with the peak node memory.
 `checkpoint-scale.md`: the floor and `Checkpoint` only (the plain PyTorch path would need
 about three times the weights, more than the machine has), then 4 actors load the stored model.
 """,
+    "cluster": """## Every node at once over limited links (`nox -s bench_cluster`)
+
+K Ray nodes and a head, each in its own network namespace on one bridge, every link
+limited with `tc` in both directions, so that transfers are bound by the links and not by
+this machine's two cores (the session needs root). The driver on the head builds the
+model; one actor per node, pinned there, is started and warmed, then all are asked to load
+at the same moment and run a first forward. `today`: `ActorWrapper(model)` on the head and
+`wrapper.load()` on each node, so every node pulls from the owner's node; `plain`:
+`ray.put(model)` and `ray.get` on each node. Each method runs on a fresh Ray cluster. A
+broadcast can reach every node in about one transfer time whatever K (nodes forwarding
+chunks they hold while receiving the next, as in a chain or tree); here the head sends
+every copy, so the time grows with K while the head's link stays busy.
+""",
 }
 
 
@@ -210,7 +224,7 @@ def main(results_path: Path) -> None:
     before, after = body.split("## Models", 1)
     elapsed = f"{results['elapsed_s'] / 60:.0f} minutes" if results.get("elapsed_s") else "some minutes"
     page = INTRO.replace("{elapsed}", elapsed) + before + notes(results) + "## Models" + after
-    for stem, intro in SECTIONS.items():  # from `nox -s bench_named` / `bench_checkpoint`, if they ran
+    for stem, intro in SECTIONS.items():  # from `bench_named` / `bench_checkpoint` / `bench_cluster`, if they ran
         other = results_path.parent / f"{stem}.md"
         if other.exists():
             page = page.rstrip("\n") + "\n\n" + intro + other.read_text().split("\n", 1)[1]
