@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 
-from ray_zerocopy import ActorWrapper, Checkpoint, load_published, publish, unpublish
+from ray_zerocopy import ActorWrapper, Checkpoint, TaskWrapper, load_published, publish, unpublish
 from ray_zerocopy.errors import ModelNotPublishedError
 from ray_zerocopy_core.named import replicate
 from ray_zerocopy_core.named.directory import kv_get
@@ -224,3 +224,31 @@ def test_files_read_on_each_node_put_no_weights_on_the_publishing_node(
     outputs = ray.get([loaded_on(node, "from-files").call.remote(X) for node in readers], timeout=300)
     assert all(torch.equal(output, expected(7)) for output in outputs)
     unpublish("from-files")
+
+
+def test_a_node_that_joins_later_skips_a_dead_holder_and_task_mode_uses_its_node_copy(
+    cluster: tuple[Cluster, list[Any]],
+) -> None:
+    ray_cluster, workers = cluster
+    first, second, late = (worker.node_id for worker in workers)
+    model = make_model(11)
+    nbytes = weight_bytes(model)
+    wrapper = ActorWrapper(model)
+    assert wrapper.replicate([first, second]) == sorted([first, second])
+    ray_cluster.remove_node(workers[0])  # a holder the late node would otherwise be offered
+
+    actor = loaded_on(late, wrapper)
+    assert torch.equal(ray.get(actor.call.remote(X), timeout=300), expected(11))
+    used = wait_for_nodes(lambda used: copies_ok(used, [late], nbytes))
+    assert copies_ok(used, [late], nbytes), used
+    ray.kill(actor)
+
+    tasks = TaskWrapper(model, task_options={"scheduling_strategy": pinned(second)})
+    assert torch.equal(tasks(X), expected(11))  # the task on `second` loaded that node's own copy
+    copies = tasks._shared.copies
+    assert copies is not None
+    (key,) = copies.keys.values()
+    holder = ray.get(copies.directory.holder.remote(second))
+    assert ray.get(holder.status.remote(key))["complete"]
+    tasks.release()
+    wrapper.release()

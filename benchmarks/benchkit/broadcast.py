@@ -58,6 +58,19 @@ class ClusterMethod:
 
 
 def _wrap(model: nn.Module, node_ids: list[str]) -> Any:
+    """ray-zerocopy before per-node copies: one stored copy, every node pulls it from where Ray finds one."""
+    from ray_zerocopy import ActorWrapper
+    from ray_zerocopy_core.cluster import NODE_COPIES_ENV
+
+    os.environ[NODE_COPIES_ENV] = "0"
+    try:
+        return ActorWrapper(model)
+    finally:
+        del os.environ[NODE_COPIES_ENV]
+
+
+def _wrap_with_copies(model: nn.Module, node_ids: list[str]) -> Any:
+    """ray-zerocopy: each node that loads gets its own copy, pulled along a chain of nodes."""
     from ray_zerocopy import ActorWrapper
 
     return ActorWrapper(model)
@@ -87,7 +100,18 @@ CLUSTER_METHODS: dict[str, ClusterMethod] = {
     method.name: method
     for method in (
         ClusterMethod(
-            "today", "ActorWrapper(model); wrapper.load() on each node", _wrap, _wrapper_load, _wrapper_release
+            "ours",
+            "ActorWrapper(model); wrapper.load() on each node (per-node copies)",
+            _wrap_with_copies,
+            _wrapper_load,
+            _wrapper_release,
+        ),
+        ClusterMethod(
+            "today",
+            "the same, per-node copies off (every node pulls the one copy)",
+            _wrap,
+            _wrapper_load,
+            _wrapper_release,
         ),
         ClusterMethod("plain", "ray.put(model); ray.get on each node", _put, _get, _drop),
     )

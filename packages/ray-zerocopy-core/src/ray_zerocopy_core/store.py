@@ -11,10 +11,14 @@ chunk; only a process that rebuilds the model reads the index.
 Why chunks: a node that is receiving a model forwards the chunks it holds while the
 rest arrive, so a model reaches many nodes in about one transfer time; and a model read
 from files is stored chunk by chunk, each chunk's file pages dropped once it is stored.
-The chunk size is about 1/32 of the model, between :data:`MIN_CHUNK_BYTES` and
-:data:`MAX_CHUNK_BYTES` (``RAY_ZEROCOPY_CHUNK_MIB`` sets it): enough chunks that a
-chain of nodes stays busy, few enough that each costs little (a Ray object and a
-mapping); a storage larger than a chunk is a chunk of its own.
+The chunk size is about 1/64 of the model, between :data:`MIN_CHUNK_BYTES` and
+:data:`MAX_CHUNK_BYTES` (``RAY_ZEROCOPY_CHUNK_MIB`` sets it). Small enough that a chain
+of K nodes fills in about one transfer time (the last node waits K chunk times more than
+the first) and that the chunks in flight add little to a node's store (a node receiving
+a model holds two or three transient chunks besides its copy: about 5 %); large enough
+that each costs little (a Ray object, a mapping, a few calls between holders). A storage
+larger than a chunk is a chunk of its own, so a model made of a few huge tensors
+pipelines more coarsely.
 
 The process that puts the objects owns them (Ray's ownership model): they live while
 their owner holds a reference, and loads fail with
@@ -47,10 +51,10 @@ from ray_zerocopy_core.representation import TableChunk, TensorEntry, TensorTabl
 MIB = 1024**2
 _GIB = 1024**3
 #: Bounds of the chunk size chosen for a model (see the module doc).
-MIN_CHUNK_BYTES = 4 * MIB
+MIN_CHUNK_BYTES = 1 * MIB
 MAX_CHUNK_BYTES = 64 * MIB
 #: Chunks per model aimed at, within those bounds.
-CHUNKS_PER_MODEL = 32
+CHUNKS_PER_MODEL = 64
 #: Environment variable that fixes the chunk size, in MiB.
 CHUNK_SIZE_ENV = "RAY_ZEROCOPY_CHUNK_MIB"
 

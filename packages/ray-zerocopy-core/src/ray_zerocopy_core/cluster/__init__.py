@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,10 @@ from ray_zerocopy_core.cluster.holder import CopyFailed
 from ray_zerocopy_core.errors import InvalidOptionError, WeightsLostError
 
 logger = logging.getLogger(__name__)
+
+#: Environment variable that turns per-node copies of wrappers off (``0``): every node then
+#: loads the one stored copy, which Ray transfers to it from wherever it finds one.
+NODE_COPIES_ENV = "RAY_ZEROCOPY_NODE_COPIES"
 
 #: Called as copies complete: ``progress(node_id, nodes_done, nodes_total)``.
 Progress = Callable[[str, int, int], None]
@@ -123,15 +128,20 @@ class NodeCopies:
 
     @classmethod
     def start(cls, refs: Mapping[str, ray.ObjectRef]) -> NodeCopies | None:
-        """Copies on demand for models just stored here, or None on a single-node cluster.
+        """Copies on demand for models just stored here, or None on a single-node cluster (or with
+        ``RAY_ZEROCOPY_NODE_COPIES=0``).
 
         Nothing is copied, nor waited for, until another node loads the models: the
-        directory is created in the background, and the models stored here become this
-        node's copies as they are the first time a copy is asked for.
+        directory and a holder on every node start in the background (once per process),
+        and the models stored here become this node's copies as they are the first time a
+        copy is asked for.
         """
-        if len(alive_nodes()) < 2:
+        nodes = alive_nodes()
+        if os.environ.get(NODE_COPIES_ENV, "1") == "0" or len(nodes) < 2:
             return None
-        return cls(job_directory(), this_node(), {attr: ref.hex() for attr, ref in refs.items()})
+        directory = job_directory()
+        directory.start_holders.remote(nodes)  # so that a first load elsewhere does not wait for one to start
+        return cls(directory, this_node(), {attr: ref.hex() for attr, ref in refs.items()})
 
     def head(self, attr: str, origin_ref: ray.ObjectRef) -> ray.ObjectRef:
         """The ObjectRef of ``attr``'s stored model on this node: the origin's here, else this node's copy."""

@@ -69,6 +69,11 @@ class CopyDirectory:
                 self._holders[node] = handle
             return handle
 
+    def start_holders(self, nodes: list[str]) -> None:
+        """Start a holder on each of ``nodes`` that has none (in the background: nothing waits for them)."""
+        for node in nodes:
+            self.holder(node)
+
     def _record(self, key: str, node: str, future: Any) -> Any:
         with self._lock:
             self._copies.setdefault(key, {})[node] = future

@@ -52,7 +52,7 @@ MAX_CHILDREN = 1
 #: How long a puller waits for a peer that is about to serve (its holder starting) before it shares a busy one.
 CROWD_WAIT_S = 30.0
 #: Chunks a puller asks for ahead of the one it is copying, so that its link stays busy.
-WINDOW = 3
+WINDOW = 2
 #: How long a puller waits for a peer to answer a question before it counts the peer as gone.
 PEER_TIMEOUT_S = 60.0
 #: How long a puller waits for a chunk, or for some peer to hold a chunk it needs, before it gives up.
@@ -267,8 +267,9 @@ class NodeHolder:
                 following += 1
             transient = asked.popleft()
             value = ray.get(transient, timeout=STALL_TIMEOUT_S)
+            del transient  # the peer's object goes now; the local copy stays mapped while ``value`` lives
             ref = ray.put(value)
-            del value, transient  # the transient object goes, from both nodes
+            del value  # and now the local copy goes too
             self._add_chunk(copy, position, ref)
             position += 1
 
