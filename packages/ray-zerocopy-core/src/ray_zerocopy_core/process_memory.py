@@ -1,7 +1,7 @@
 """How much memory a process holds of its own, and trimming its heap (Linux ``/proc``, glibc).
 
-Standard library only: the named-model holder actor (:mod:`ray_zerocopy_core.named.holder`)
-runs this code without importing torch, and tests and benchmarks use it to show that a
+Standard library only: the node holder and directory actors (:mod:`ray_zerocopy_core.cluster`)
+run this code without importing torch, and tests and benchmarks use it to show that a
 zero-copy worker holds no private copy of the weights.
 """
 

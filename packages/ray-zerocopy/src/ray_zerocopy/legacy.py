@@ -1,6 +1,6 @@
 """The function API of earlier versions, kept working; every call warns once and names its replacement.
 
-Two generations of functions are kept: the seed functions (``ray_zerocopy``,
+Two generations of functions are kept: this project's first functions (``ray_zerocopy``,
 ``ray_zerocopy.invoke``, ``ray_zerocopy.actor`` and their ``ray_zerocopy.jit``
 counterparts) and ray-zerocopy 0.x's module functions (``ray_zerocopy.nn`` and
 ``ray_zerocopy.jit``: ``prepare_pipeline``, ``load_pipeline_for_actors``, ``call_model``,
@@ -74,7 +74,7 @@ class Family:
         """Emit the one DeprecationWarning of ``function``, pointing at the line that called it.
 
         ``module`` is where 0.x users imported it from (``ray_zerocopy.nn`` for the eager
-        0.x functions); the seed's eager functions are named without a module.
+        0.x functions); the first eager functions are named without a module.
         """
         module = self.module if self.jit else module
         old = f"{module}.{function}()" if module else f"{function}()"
@@ -103,7 +103,7 @@ class Family:
         kwargs = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names).constructor_kwargs
         return kwargs["pipeline_skeleton"], kwargs["model_refs"]
 
-    # --- the seed's functions -------------------------------------------------------------
+    # --- this project's first functions ---------------------------------------------------
 
     def rewrite_pipeline(self, pipeline: Any, method_names: Sequence[str] | None = None) -> Any:
         """Deprecated: use ``TaskWrapper(pipeline, method_names=...)`` (``JITTaskWrapper`` for TorchScript).
@@ -375,7 +375,7 @@ EAGER = Family("ray_zerocopy", "TaskWrapper", "ActorWrapper", jit=False)
 #: The TorchScript functions (``ray_zerocopy.jit``, ``.jit.invoke``, ``.jit.actor``).
 JIT = Family("ray_zerocopy.jit", "JITTaskWrapper", "JITActorWrapper", jit=True)
 
-# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor (the seed's functions).
+# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor (this project's first functions).
 rewrite_pipeline = EAGER.rewrite_pipeline
 prepare_model_for_actors = EAGER.prepare_model_for_actors
 load_model_in_actor = EAGER.load_model_in_actor
