@@ -103,14 +103,17 @@ def test_dynamic_batch_size_after_load(program: ExportedProgram) -> None:
     for batch in (1, 3, 33):
         x = tokens(batch, seed=batch)
         assert torch.equal(rebuilt(x), program.module()(x))
-    assert rebuilt.range_constraints.keys() == program.range_constraints.keys()
+    assert {str(s) for s in rebuilt.range_constraints} == {str(s) for s in program.range_constraints}
 
 
 def test_static_program_still_checks_its_shapes() -> None:
     static = export_tower(dynamic=False)
     rebuilt = round_trip(static)
     assert torch.equal(rebuilt(X), static.module()(X))
-    with pytest.raises(AssertionError, match=r"Guard failed: tokens\.size\(\)\[0\] == 4"):
+    # torch 2.13 says "Guard failed: tokens.size()[0] == 4" (AssertionError), torch 2.4
+    # "Expected input at *args[0].shape[0] to be equal to 4, but got 5" (RuntimeError)
+    guard = r"Guard failed: tokens\.size\(\)\[0\] == 4|shape\[0\] to be equal to 4, but got 5"
+    with pytest.raises((AssertionError, RuntimeError), match=guard):
         rebuilt(tokens(5))
 
 
