@@ -13,6 +13,7 @@ from each unpacked sdist, offline, with the hatchling installed in this environm
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -127,6 +128,45 @@ def test_installed_packages_report_the_release_version() -> None:
         except metadata.PackageNotFoundError:
             continue
         assert installed == VERSION, f"{name} {installed} is installed; reinstall it ({VERSION} in its pyproject)"
+
+
+def supported_versions() -> dict[str, tuple[str, str | None]]:
+    """noxfile.py's ``SUPPORTED`` table (read as data, so nox need not be installed here)."""
+    for node in ast.parse((ROOT / "noxfile.py").read_text()).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "SUPPORTED":
+            table: dict[str, tuple[str, str | None]] = ast.literal_eval(node.value)
+            return table
+    raise AssertionError("noxfile.py has no SUPPORTED table")
+
+
+SUPPORTED = supported_versions()
+
+
+def test_declared_lower_bounds_are_the_lowest_versions_the_matrix_proves() -> None:
+    """Every bound on torch, Ray, numpy and Python is ``>=`` the lowest of noxfile.py's table, nothing else."""
+    lowest = {name: Version(low) for name, (low, _) in SUPPORTED.items()}
+    wrong = []
+    for name, project in PROJECTS.items():
+        python = project["requires-python"]
+        if python != f">={SUPPORTED['python'][0]}":
+            wrong.append(f"{name}: requires-python {python!r}")
+        for req in requirements(project):
+            clauses = [(clause.operator, Version(clause.version)) for clause in req.specifier]
+            if req.name in lowest and clauses != [(">=", lowest[req.name])]:  # a floor, no upper bound
+                wrong.append(f"{name}: {req} (noxfile.py proves {req.name}>={SUPPORTED[req.name][0]})")
+    assert not wrong, f"declared bounds differ from noxfile.py's SUPPORTED table: {wrong}"
+    core = {req.name for req in requirements(PROJECTS[CORE])}
+    assert {"torch", "ray", "numpy"} <= core, f"{CORE} must declare its floor of each: {core}"
+
+
+def test_each_bound_says_which_api_sets_it() -> None:
+    """A comment beside each torch, Ray and numpy bound names what needs that version."""
+    for package in PACKAGES:
+        for line in (package / "pyproject.toml").read_text().splitlines():
+            text, _, comment = line.partition("#")
+            for dependency in ("torch", "ray", "numpy"):
+                if f'"{dependency}>=' in text or f'"{dependency}[' in text:
+                    assert len(comment.strip()) > 10, f"{package.name}: say why beside {text.strip()}"
 
 
 def hatchling(target: str, source: Path, out: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from dataclasses import dataclass
@@ -316,3 +317,39 @@ def test_rebuilt_program_copies_and_rewraps_like_any_program(program: ExportedPr
     for clone in (copy.copy(rebuilt), copy.deepcopy(rebuilt)):
         assert torch.equal(clone(X), program.module()(X))
     assert torch.equal(round_trip(rebuilt)(X), program.module()(X))  # a loaded program can be wrapped again
+
+
+def test_a_serializer_without_weight_options_saves_no_weights(
+    program: ExportedProgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch 2.4's serializer always saves the weights: the backend makes it save none (no copy)."""
+    from torch._export.serde import serialize as serde
+
+    real, saved = serde.ExportedProgramSerializer, []
+
+    class OldSerializer:  # serialize(program) only, saving the weights as torch 2.4 does
+        def serialize(self, ep: ExportedProgram) -> Any:
+            saved.append(serde.serialize_torch_artifact(ep.state_dict))
+            if "serialize_state_dict" in inspect.signature(real.serialize).parameters:  # a newer torch
+                return real().serialize(ep, serialize_state_dict=False, serialize_constants=False)
+            return real().serialize(ep)
+
+    monkeypatch.setattr(serde, "ExportedProgramSerializer", OldSerializer)
+    rebuilt = round_trip(program)
+    assert saved == [b""]  # the weights were not pickled into bytes
+    assert serde.serialize_torch_artifact(program.state_dict) != b""  # and saving is back to normal
+    assert torch.equal(rebuilt(X), program.module()(X))
+
+
+def test_a_torch_whose_deserializer_takes_only_bytes_is_refused_with_the_version_needed(
+    program: ExportedProgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._export.serde import serialize as serde
+
+    class BytesOnlyDeserializer:  # torch 2.3's signature
+        def deserialize(self, serialized_artifact: Any) -> Any:
+            raise AssertionError("not to be called")
+
+    monkeypatch.setattr(serde, "ExportedProgramDeserializer", BytesOnlyDeserializer)
+    with pytest.raises(UnsupportedModelError, match=r"needs torch 2\.4 or later.*ActorWrapper\(model\)"):
+        ExportBackend().extract(program)

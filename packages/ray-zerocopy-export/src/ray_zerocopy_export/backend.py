@@ -152,6 +152,23 @@ def _serde() -> Any:
     return serde
 
 
+def _deserializer() -> Any:
+    """torch's ExportedProgram deserializer class, if it takes the weights as tensors (torch 2.4 on).
+
+    Raises:
+        UnsupportedModelError: this torch's deserializer reads the weights from bytes only
+            (torch 2.3 and earlier), so the program's weights could not alias the object store.
+    """
+    deserializer = _serde().ExportedProgramDeserializer
+    if "state_dict" not in inspect.signature(deserializer.deserialize).parameters:
+        raise UnsupportedModelError(
+            f"Sharing torch.export programs needs torch 2.4 or later: this torch ({torch.__version__}) "
+            "rebuilds a program only from serialized bytes, so every worker would copy the weights. "
+            "Upgrade torch to 2.4 or later, or share the eager nn.Module (ActorWrapper(model))."
+        )
+    return deserializer
+
+
 #: Held while torch's serializer is told to leave the weights out on a torch whose
 #: serializer cannot be asked to (see :func:`_serialize_without_weights`).
 _SERIALIZER_LOCK = threading.Lock()
@@ -308,7 +325,7 @@ def pytree_modules(program: ExportedProgram) -> list[str]:
         module = getattr(spec.type, "__module__", None)
         if module and module.split(".")[0] not in _BUILTIN_ROOTS:
             modules[module] = None
-        stack.extend(spec.children_specs)
+        stack.extend(spec.children() if hasattr(spec, "children") else spec.children_specs)  # 2.4: no children()
     return list(modules)
 
 
@@ -441,8 +458,10 @@ class ExportBackend(Backend):
 
         Raises:
             UnsupportedModelError: ``model`` holds weights that cannot be shared (meta or
-                fake tensors, custom class objects), or cannot be serialized by ``torch.export``.
+                fake tensors, custom class objects), or cannot be serialized by ``torch.export``,
+                or this torch is older than 2.4 (see :func:`_deserializer`).
         """
+        _deserializer()  # refuse here, on the driver, what no worker could rebuild
         _check_program(model)
         slots, tensors = find_slots(model)
         example_pickle, example_tensors = _example_inputs(model)
@@ -490,7 +509,7 @@ class ExportBackend(Backend):
         example_inputs: Any = None
         if skeleton.example_inputs is not None:
             example_inputs = join_tensors(skeleton.example_inputs, tensors[n_weights:])
-        deserializer = _serde().ExportedProgramDeserializer
+        deserializer = _deserializer()
         _import_pytree_modules(skeleton.modules)
         try:
             with gc_paused():

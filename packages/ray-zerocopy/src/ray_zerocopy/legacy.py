@@ -283,8 +283,8 @@ class Family:
         its weights, and an ``OrderedDict`` from each ``state_dict`` name (buffers
         included) to a numpy array shaped like that tensor: a view of the model's own
         memory, not a copy. Tied weights appear under each of their names, viewing the
-        same memory. For :func:`replace_tensors`; see :func:`tensors_as_arrays` for the
-        dtypes numpy lacks (``bfloat16``, the ``float8`` types...).
+        same memory. For :func:`replace_tensors`; a dtype numpy lacks (``bfloat16``, the
+        ``float8`` types...) comes as its raw bits (see :func:`numpy_dtype`).
 
         Raises:
             UnsupportedModelError: (TorchScript) ``model`` is not a ``torch.jit.ScriptModule``
@@ -318,8 +318,8 @@ class Family:
         # Tensors outside the state_dict (TorchScript tensor attributes) stay in the
         # model's bytes, as 0.x kept them in its archive.
         inline = {i: _numpy_view(t).copy() for i, t in enumerate(entry_tensors) if sources[i] is None}
-        extracted = ExtractedModel(payload.backend, payload.skeleton, payload.table.entries, sources, inline)
-        arrays = tensors_as_arrays(_state_dict(model))
+        extracted = _ExtractedModel(payload.backend, payload.skeleton, payload.table.entries, sources, inline)
+        arrays = _arrays(_state_dict(model))
         return pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL), arrays
 
     def replace_tensors(self, model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
@@ -339,7 +339,7 @@ class Family:
 
 
 @dataclass(frozen=True)
-class ExtractedModel:
+class _ExtractedModel:
     """What ``extract_tensors``' ``model_bytes`` hold: a model without its weights.
 
     Attributes:
@@ -383,7 +383,7 @@ def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
         return tensor.view(as_int).numpy().view(numpy_dtype(tensor.dtype))
 
 
-def tensors_as_arrays(tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, np.ndarray]:
+def _arrays(tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, np.ndarray]:
     """Each tensor as a numpy array of its shape, viewing its memory (0.x's ``extract_tensors`` dict).
 
     Arrays of dtypes numpy lacks hold the raw bits (see :func:`numpy_dtype`).
@@ -428,7 +428,7 @@ def _buffer_of(name: str, array: Any, entry: TensorEntry) -> tuple[np.ndarray, t
 
 def _rebuild_extracted(model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
     """The model :meth:`Family.extract_tensors` split, rebuilt by its backend around ``tensors``' arrays."""
-    extracted: ExtractedModel = pickle.loads(model_bytes)
+    extracted: _ExtractedModel = pickle.loads(model_bytes)
     entries: list[TensorEntry] = []
     buffers: list[np.ndarray] = []
     for index, (entry, source) in enumerate(zip(extracted.entries, extracted.sources)):
@@ -552,6 +552,7 @@ __all__ = [
     "load_pipeline_for_tasks",
     "load_pipeline_in_actor",
     "model_info_to_model_refs",
+    "numpy_dtype",
     "prepare_jit_model_for_actors",
     "prepare_model_for_actors",
     "prepare_pipeline",
