@@ -39,7 +39,7 @@ UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 SUPPORTED: dict[str, tuple[str, str | None]] = {
     "python": ("3.10", "3.13"),
     "torch": ("2.4.0", "2.14.1"),
-    "ray": ("2.9.3", "2.60.0"),
+    "ray": ("2.30.0", "2.60.0"),
     "numpy": ("1.23.2", None),
 }
 LOWEST = {name: low for name, (low, _) in SUPPORTED.items()}
@@ -92,6 +92,8 @@ def install_project(
     session.install(f"torch=={torch}")
     pins = [f"ray[{ray_extras}]=={ray}"] if ray is not None else []
     pins += [f"numpy=={numpy}"] if numpy is not None else []
+    if numpy is not None and int(numpy.split(".")[0]) < 2:
+        pins.append("pyarrow<26")  # pyarrow 26 (Ray Data's) needs numpy 2 without declaring it
     if pins:
         session.install(*pins)
     session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", PACKAGES[3], "-e", f"{PACKAGES[2]}{extras}", *pins)
