@@ -133,7 +133,8 @@ def test_installed_packages_report_the_release_version() -> None:
 def supported_versions() -> dict[str, tuple[str, str | None]]:
     """noxfile.py's ``SUPPORTED`` table (read as data, so nox need not be installed here)."""
     for node in ast.parse((ROOT / "noxfile.py").read_text()).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "SUPPORTED":
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.AnnAssign) and isinstance(target, ast.Name) and target.id == "SUPPORTED" and node.value:
             table: dict[str, tuple[str, str | None]] = ast.literal_eval(node.value)
             return table
     raise AssertionError("noxfile.py has no SUPPORTED table")
