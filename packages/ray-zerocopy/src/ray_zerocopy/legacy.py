@@ -315,8 +315,8 @@ class Family:
             index = position.get(_address(tensor))
             if index is not None and sources[index] is None:
                 sources[index] = name
-        # Tensors outside the state_dict (TorchScript tensor attributes) stay in the
-        # model's bytes, as 0.x kept them in its archive.
+        # Tensors outside the state_dict (TorchScript tensor attributes) have no name in
+        # the dict: their bytes go into model_bytes, a copy.
         inline = {i: _numpy_view(t).copy() for i, t in enumerate(entry_tensors) if sources[i] is None}
         extracted = _ExtractedModel(payload.backend, payload.skeleton, payload.table.entries, sources, inline)
         arrays = _arrays(_state_dict(model))
@@ -348,7 +348,7 @@ class _ExtractedModel:
         entries: the backend's table index (one entry per distinct tensor).
         sources: per entry, the ``state_dict`` name whose array holds its elements;
             ``None`` for a tensor outside the ``state_dict``, kept in ``inline``.
-        inline: per entry outside the ``state_dict``, its elements (a copy, as 0.x kept them).
+        inline: per entry outside the ``state_dict``, its elements (a copy).
     """
 
     backend: str
