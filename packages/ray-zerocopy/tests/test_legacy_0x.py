@@ -152,6 +152,28 @@ def test_dtypes_numpy_lacks_come_as_their_raw_bits() -> None:
     assert torch.equal(replace(model_bytes, tensors)(x), model(x))
 
 
+class Scaled(torch.nn.Module):
+    """A plain tensor attribute: scripted, it is no parameter nor buffer, and not in the state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+        self.scale = torch.full((8,), 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale
+
+
+def test_tensors_outside_the_state_dict_travel_in_the_model_bytes() -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is", category=DeprecationWarning)
+        model = torch.jit.script(Scaled().eval())
+    model_bytes, tensors = extract(model)
+    assert list(tensors) == list(model.state_dict()) and "scale" not in tensors
+    x = torch.randn(2, 8)
+    assert torch.equal(replace(model_bytes, tensors)(x), model(x))
+
+
 def test_replace_tensors_names_a_wrong_or_missing_array() -> None:
     model_bytes, tensors = extract(scripted())
     wrong = OrderedDict(tensors, **{"embed.weight": np.zeros((2, 2), dtype=np.float32)})
