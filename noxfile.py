@@ -144,7 +144,14 @@ def tests_matrix(session: nox.Session, torch: str, ray: str | None, numpy: str |
 @nox.session(python=interpreter(LOWEST["python"]))
 def tests_minimum(session: nox.Session) -> None:
     """Unit tests and a fast integration subset at the lowest supported versions (CI runs it)."""
-    install_project(session, torch=LOWEST["torch"], ray=LOWEST["ray"], numpy=LOWEST["numpy"], extras="[jit,export]")
+    install_project(
+        session,
+        torch=LOWEST["torch"],
+        ray=LOWEST["ray"],
+        numpy=LOWEST["numpy"],
+        extras="[jit,export]",
+        ray_extras="data,serve",  # serve brings grpcio, for the object store's memory stats
+    )
     install_integration(session)
     if session.posargs:
         run_pytest(session)

@@ -66,7 +66,7 @@ def scripted(dtype: torch.dtype = torch.float32) -> torch.jit.ScriptModule:
     model.train()
     model(torch.randn(16, 64))  # running statistics that differ from their initial values
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is")  # Deprecation- or FutureWarning
         return torch.jit.script(model.eval().to(dtype))
 
 
@@ -166,7 +166,7 @@ class Scaled(torch.nn.Module):
 
 def test_tensors_outside_the_state_dict_travel_in_the_model_bytes() -> None:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is")  # Deprecation- or FutureWarning
         model = torch.jit.script(Scaled().eval())
     model_bytes, tensors = extract(model)
     assert list(tensors) == list(model.state_dict()) and "scale" not in tensors
