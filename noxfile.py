@@ -102,7 +102,8 @@ def install_project(
 def install_integration(session: nox.Session) -> None:
     """What the integration tests use besides the project and Ray."""
     # hatchling: sdist->wheel (test_packaging); the toy backend and the example plugin: test_third_party_backend
-    session.install(*TEST_DEPS, "safetensors", "matplotlib", "hatchling")
+    # tomli: tomllib for Python 3.10 (test_packaging)
+    session.install(*TEST_DEPS, "safetensors", "matplotlib", "hatchling", "tomli; python_version < '3.11'")
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
 
 

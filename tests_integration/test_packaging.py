@@ -24,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from environment import require
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli distribution
+    import tomli as tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
