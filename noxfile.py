@@ -59,11 +59,11 @@ MATRIX: dict[str, tuple[str, str, str | None, str | None]] = {
 #: Leaves out the integration tests that need transformers, which the matrix does not
 #: install (its releases follow torch's; test_checkpoint.py is about transformers models).
 WITHOUT_TRANSFORMERS = ("--ignore=tests_integration/test_checkpoint.py", "-k", "not hugging_face")
-#: The integration tests CI runs at the lowest versions, a few minutes: every backend,
-#: both modes, Ray Data, published models, 0.x's functions.
+#: The integration tests CI runs at the lowest versions, a few minutes: both modes, Ray
+#: Data, published models (streaming generators, node affinity, the internal KV store),
+#: 0.x's functions (TorchScript through Ray). tests_matrix runs the rest.
 FAST_INTEGRATION = tuple(
-    f"tests_integration/{name}.py"
-    for name in ("test_nn_modes", "test_jit", "test_export", "test_named", "test_compat_0x_functions")
+    f"tests_integration/{name}.py" for name in ("test_nn_modes", "test_named", "test_compat_0x_functions")
 )
 
 TEST_DEPS = ("pytest>=8", "psutil>=5.9")
