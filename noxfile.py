@@ -29,7 +29,7 @@ PACKAGES = (
 SOURCES = tuple(f"{p}/src" for p in PACKAGES)
 UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 
-#: THE table of supported versions, one place for all: per dependency, (lowest, newest).
+#: The one table of supported versions: per dependency, (lowest, newest).
 #: The lowest is what each ``packages/*/pyproject.toml`` naming the dependency declares
 #: (``>=``, with a comment naming the API that sets it), checked by
 #: tests_integration/test_packaging.py; ``tests_minimum`` installs every lowest version
