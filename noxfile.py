@@ -39,7 +39,7 @@ UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 SUPPORTED: dict[str, tuple[str, str | None]] = {
     "python": ("3.10", "3.13"),
     "torch": ("2.4.0", "2.14.1"),
-    "ray": ("2.30.0", "2.60.0"),
+    "ray": ("2.40.0", "2.60.0"),
     "numpy": ("1.23.2", None),
 }
 LOWEST = {name: low for name, (low, _) in SUPPORTED.items()}
