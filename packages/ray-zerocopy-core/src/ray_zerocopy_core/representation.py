@@ -29,6 +29,10 @@ from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 ALIGNMENT = 64
 #: Storages smaller than this are packed together into one buffer (see the module doc).
 SMALL_STORAGE_BYTES = 4096
+#: The tensor types stored as they are (``torch.nn.Buffer`` exists from torch 2.5 on).
+PLAIN_TENSOR_TYPES: tuple[type, ...] = (torch.Tensor, torch.nn.Parameter)
+if hasattr(torch.nn, "Buffer"):
+    PLAIN_TENSOR_TYPES += (torch.nn.Buffer,)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def check_shareable(tensor: torch.Tensor, where: str) -> None:
             f"{where} is a quantized tensor, which cannot be shared zero-copy. Wrap the "
             "float model, or dequantize it first."
         )
-    if type(tensor) not in (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer):
+    if type(tensor) not in PLAIN_TENSOR_TYPES:
         raise UnsupportedModelError(
             f"{where} is a tensor subclass ({type(tensor).__qualname__}); only plain "
             "tensors, Parameters and Buffers can be shared zero-copy."
