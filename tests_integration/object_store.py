@@ -43,18 +43,13 @@ def wait_for_store_at_most(limit: int, timeout: float = 60) -> int:
 
 def store_bytes_by_node() -> dict[str, int]:
     """Bytes allocated in each alive node's object store right now (node id to bytes), from each raylet."""
-    import grpc
-    from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
+    from ray._private.internal_api import node_stats
 
     used = {}
     for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        with grpc.insecure_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}") as channel:
-            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
-            request = node_manager_pb2.GetNodeStatsRequest(include_memory_info=False)
-            reply = stub.GetNodeStats(request, timeout=30)
-        used[node["NodeID"]] = int(reply.store_stats.object_store_bytes_used)
+        if node.get("Alive"):
+            reply = node_stats(node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=False)
+            used[node["NodeID"]] = int(reply.store_stats.object_store_bytes_used)
     return used
 
 

@@ -20,6 +20,7 @@ from object_store import wait_for_store_at_most
 from torch import nn
 
 from ray_zerocopy import ActorWrapper, WeightsUnavailableError
+from ray_zerocopy.errors import WeightsLostError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -113,11 +114,12 @@ def test_owner_gone_is_a_clear_error_not_a_hang() -> None:
             break
         time.sleep(0.5)
     kind, message = attempts[-1]
-    assert kind == WeightsUnavailableError.__name__, attempts
+    assert kind == WeightsLostError.__name__, attempts  # a WeightsUnavailableError: the owner is gone
     assert "owner" in message and "ray_zerocopy.publish" in message
     with pytest.raises(WeightsUnavailableError, match="Keep the wrapper alive in a long-lived process"):
         wrapper.load()
-    print(f"WeightsUnavailableError after {time.monotonic() - started:.1f} s, {len(attempts)} attempt(s)")
+    assert issubclass(WeightsLostError, WeightsUnavailableError)
+    print(f"WeightsLostError after {time.monotonic() - started:.1f} s, {len(attempts)} attempt(s)")
 
 
 @ray.remote(num_cpus=0.1)

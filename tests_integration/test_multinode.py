@@ -1,9 +1,8 @@
 """Two raylets on this machine (``ray.cluster_utils.Cluster``): one copy per node, equal results.
 
-Each node has its own object store. An actor pinned to each node loads the model; Ray
-pulls the object to the second node once, so the object's locations are exactly the
-two nodes (a plasma store holds an object id at most once), and a second actor on the
-same node maps that same copy rather than pulling another.
+Each node has its own object store. An actor pinned to each node loads the model; the
+second node gets a copy of its own once (owned there), and a second actor on that node
+maps the same copy rather than pulling another. ``test_cluster.py`` covers more nodes.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import pytest
 import ray
 import torch
 from models import MIB, Loaded, in_object_store
+from object_store import wait_for_nodes
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
@@ -70,8 +70,13 @@ def test_actors_on_two_nodes_share_one_copy_per_node(two_nodes: Cluster) -> None
     # Every actor maps its node's object store; no actor holds a private copy.
     assert ray.get([a.apply.remote(in_object_store) for a in actors], timeout=300) == [True, True, True]
 
-    locations = ray.experimental.get_object_locations([ref])[ref]
-    assert sorted(locations["node_ids"]) == node_ids, locations
-    assert locations["object_size"] >= weight_bytes
+    # One copy per node: the wrapped model stays on its node; the other node holds its own
+    # copy (two actors there, one copy), and neither node holds the model twice.
+    head = ray.get(ref)
+    chunk_nodes = ray.experimental.get_object_locations(head["chunks"])
+    here = ray.get_runtime_context().get_node_id()
+    assert all(found["node_ids"] == [here] for found in chunk_nodes.values()), chunk_nodes
+    used = wait_for_nodes(lambda used: all(weight_bytes <= b <= 1.1 * weight_bytes for b in used.values()))
+    assert all(weight_bytes <= b <= 1.1 * weight_bytes for b in used.values()), used
     for actor in actors:
         ray.kill(actor)

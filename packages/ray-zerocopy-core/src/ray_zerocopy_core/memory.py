@@ -59,9 +59,11 @@ _MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux 5.14+
 
 
-def guarded(storages: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """``storages`` framed by two zero-filled guards, as one chunk is stored."""
-    head, tail = np.zeros(GUARD_BYTES, dtype=np.uint8), np.zeros(GUARD_BYTES, dtype=np.uint8)  # two objects: pickle
+def guarded(storages: tuple[np.ndarray, ...], at_least: int = 0) -> tuple[np.ndarray, ...]:
+    """``storages`` framed by two zero-filled guards, as one chunk is stored (``at_least`` bytes in all)."""
+    inner = sum(int(s.nbytes) for s in storages) + 64 * len(storages)  # alignment padding, at most
+    tail_bytes = max(GUARD_BYTES, at_least - GUARD_BYTES - inner)
+    head, tail = np.zeros(GUARD_BYTES, dtype=np.uint8), np.zeros(tail_bytes, dtype=np.uint8)  # two objects: pickle
     return (head, *storages, tail)  # would store one array twice
 
 

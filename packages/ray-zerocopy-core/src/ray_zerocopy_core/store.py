@@ -55,6 +55,10 @@ MIN_CHUNK_BYTES = 1 * MIB
 MAX_CHUNK_BYTES = 64 * MIB
 #: Chunks per model aimed at, within those bounds.
 CHUNKS_PER_MODEL = 64
+#: The least bytes a stored chunk takes (its guards are made larger): Ray keeps a task's
+#: results under 100 KiB in the caller's own memory instead of the shared store, where
+#: loads would copy them; a chunk a holder's task streams must be in the store.
+MIN_OBJECT_BYTES = 256 * 1024
 #: Environment variable that fixes the chunk size, in MiB.
 CHUNK_SIZE_ENV = "RAY_ZEROCOPY_CHUNK_MIB"
 
@@ -170,7 +174,7 @@ def stored_parts(payload: ModelPayload) -> tuple[StoredModel, int, Iterator[tupl
                     reading.read_ahead(storages)
                 if position + 1 < len(layout):
                     reading.read_ahead(layout[position + 1])
-            yield guarded(tuple(table.storages[s] for s in storages))
+            yield guarded(tuple(table.storages[s] for s in storages), at_least=MIN_OBJECT_BYTES)
             if reading is not None:
                 reading.release(storages)
 
@@ -203,9 +207,14 @@ def fetch_stored(ref_or_value: Any) -> StoredModel:
     else:
         value = ref_or_value
     if not (isinstance(value, dict) and {"index", "chunks", "format_version", "release"} <= set(value)):
+        if isinstance(ref_or_value, ray.ObjectRef):
+            raise InvalidReferenceError(
+                f"The ObjectRef does not point to a ray-zerocopy model (it holds a {type(value).__qualname__}). "
+                "Pass what the wrapper or prepare_model_for_actors() returned."
+            )
         raise InvalidReferenceError(
-            f"Expected a ray-zerocopy stored model (the ObjectRef a wrapper or prepare_model_for_actors() "
-            f"gave, or its value), got {type(value).__qualname__}."
+            f"Expected a ray-zerocopy stored model (an ObjectRef, or its value), got {type(value).__qualname__}. "
+            "Pass what the wrapper or prepare_model_for_actors() returned."
         )
     head: StoredModel = value  # type: ignore[assignment]
     check_versions(head)

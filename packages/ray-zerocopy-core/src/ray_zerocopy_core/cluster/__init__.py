@@ -148,8 +148,12 @@ class NodeCopies:
         node = this_node()
         if node == self.origin:
             return origin_ref
-        future = ray.get(self.directory.copy_on.remote(self.keys[attr], node, None, (self.origin, [origin_ref])))
-        return resolve(future, f"The model {attr!r}" if attr else "The model")
+        what = f"The model {attr!r}" if attr else "The model"
+        try:
+            future = ray.get(self.directory.copy_on.remote(self.keys[attr], node, None, (self.origin, [origin_ref])))
+        except ray.exceptions.RayActorError as exc:  # the directory ended with the process that wrapped
+            raise lost(exc, what) from exc
+        return resolve(future, what)
 
     def replicate(
         self, refs: Mapping[str, ray.ObjectRef], nodes: list[str], progress: Progress | None = None
@@ -174,13 +178,18 @@ def wait_for_copies(
 ) -> list[str]:
     """Wait for every copy future (one per ``(node, attr)`` label), logging each node as it completes.
 
+    A node of ``nodes`` with no label held its copy already and counts as done at once.
+
     Raises:
         WeightsLostError: a copy failed (the first failure's explanation).
     """
     pending = dict(zip(futures, labels))
-    done: set[str] = set()
     remaining = {node: sum(1 for n, _ in labels if n == node) for node in nodes}
+    done = {node for node, count in remaining.items() if count == 0}  # held a copy already
     started = time.monotonic()
+    for node in sorted(done):
+        if progress is not None:
+            progress(node, len(done), len(nodes))
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         node, _attr = pending.pop(ready[0])

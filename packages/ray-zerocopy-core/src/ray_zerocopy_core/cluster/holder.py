@@ -398,7 +398,7 @@ class NodeHolder:
                     copy.error = "released"
                     copy.done.set()
             self._changed.notify_all()
-            return len(self._copies)
+            return sum(1 for copy in self._copies.values() if copy.error is None)
 
     def keys(self) -> list[str]:
         """The keys of the copies this node holds or receives."""

@@ -317,6 +317,11 @@ def replicate(
     targets = cluster.target_nodes(nodes)
     client = DirectoryClient(str(record["group"]))
     version = int(record["version"])
+    if copies_from == "files" and record.get("job") is None:
+        raise InvalidOptionError(
+            f"{name!r} was published from a model object, so there are no files for other nodes to read: "
+            "use copies_from='peers', or publish it from a Checkpoint or a loader."
+        )
     try:
         if copies_from == "files":
             futures = client.build_on(name, targets)

@@ -238,11 +238,24 @@ class NamedDirectory(CopyDirectory):
         return int(ray.get(self.holder(node).private_memory.remote()))
 
     def close_if_empty(self) -> bool:
-        """Close if no name of this group is recorded and nothing is in progress; return whether closing."""
+        """Close if no name of this group is recorded and nothing is in progress; return whether closing.
+
+        Closing stops the group's node holders too (they hold nothing of it any more).
+        """
         with self._guard:
             if not self._closing and self._busy == 0 and not self.records():
                 self._closing = True
+                self._stop_holders()
             return self._closing
+
+    def _stop_holders(self) -> None:
+        prefix = copy_directory.holder_name(self._group, "")
+        named = ray.util.list_named_actors(all_namespaces=True)
+        for actor in named:
+            if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix):
+                with contextlib.suppress(ValueError, *holders.PEER_GONE):
+                    ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
+        self._holders.clear()
 
 
 @functools.cache
