@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ray_zerocopy_core.checkpoint.subclasses import join_flattened_subclasses
+from ray_zerocopy_core.checkpoint.subclasses import import_refused_torchao_class, join_flattened_subclasses
 from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError
 from ray_zerocopy_core.memory import unmap_file_pages
 from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable
@@ -533,7 +533,7 @@ def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
             "Load it once with torch.load(weights_only=True) and save it again, or convert it to safetensors."
         )
     try:
-        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        loaded = _load_weights_only(path)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{where} cannot be read with torch.load(weights_only=True) ({_weights_only_reason(exc)}). It pickles "
@@ -558,6 +558,17 @@ def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
         _check_saved_tensor(where, key, tensor)
     for key, tensor in loaded.items():
         yield FileTensor(key, path, tensor)
+
+
+def _load_weights_only(path: Path) -> Any:
+    """``torch.load(mmap=True, weights_only=True)``, importing torchao's tensor classes it refuses (then allowed)."""
+    for _ in range(8):  # one retry per torchao module a file names; a handful at most
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not import_refused_torchao_class(str(exc)):
+                raise
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def _weights_only_reason(exc: pickle.UnpicklingError) -> str:

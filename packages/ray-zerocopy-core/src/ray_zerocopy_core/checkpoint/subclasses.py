@@ -11,7 +11,10 @@ around the views of the mapped files: still no copy of any weight.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 #: What to install to read torchao's quantized tensors.
 TORCHAO_HINT = "pip install torchao"
+#: How ``torch.load(weights_only=True)`` names a global it refuses.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (torchao(?:\.\w+)+)\.(\w+) was not an allowed global")
 #: The metadata entry that lists every logical tensor of torchao's layout.
 _TENSOR_NAMES = "tensor_names"
 
@@ -50,6 +55,35 @@ def _json(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def import_refused_torchao_class(refusal: str) -> bool:
+    """Import the torchao module of a class ``torch.load(weights_only=True)`` refused; whether it now may load.
+
+    torchao adds its tensor classes to torch's safe globals when their modules are
+    imported, which a fresh process (a Ray worker) may not have done. Only modules of the
+    installed ``torchao`` package are imported, and only to run that registration; the
+    file decides nothing else.
+
+    Raises:
+        CheckpointError: the file holds torchao tensors but torchao is not installed.
+    """
+    found = _REFUSED_GLOBAL.search(refusal)
+    if found is None:
+        return False
+    module, name = found.groups()
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as exc:
+        if importlib.util.find_spec("torchao") is None:
+            raise CheckpointError(
+                f"The checkpoint holds torchao quantized tensors ({module}.{name}), but torchao is not installed in "
+                f"this process: {TORCHAO_HINT}."
+            ) from exc
+        return False
+    import torch
+
+    return getattr(imported, name, None) in torch.serialization.get_safe_globals()
 
 
 def join_flattened_subclasses(tensors: dict[str, FileTensor], metadata: dict[str, str]) -> dict[str, FileTensor]:
