@@ -34,6 +34,10 @@ MINIMUM = {"torch": "2.13.0", "ray": "2.43.0", "numpy": "2.0.2"}
 INCOMPATIBLE: dict[tuple[str, str], str] = {}
 
 TEST_DEPS = ("pytest>=8", "psutil>=5.9")
+#: torchao for the quantized models (tests_integration/test_quantized.py, the example, the benchmark).
+#: 0.18.0 is the newest release and runs on torch 2.13's CPU build (int8, int4's CPU layout, float8);
+#: its releases follow torch's, so it moves with TORCH_VERSION.
+TORCHAO = "torchao==0.18.0"
 
 
 def install_project(session: nox.Session, *, torch: str = TORCH, ray: str | None = None, extras: str = "") -> None:
@@ -87,9 +91,9 @@ def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
     install_project(session, extras="[jit,export]")
     # hatchling: sdist->wheel, auditwheel: core's wheel can be manylinux (test_packaging);
-    # transformers: a Hugging Face model exported (test_export)
+    # transformers: a Hugging Face model exported (test_export); torchao: quantized models (test_quantized)
     session.install(
-        *TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "auditwheel", "transformers"
+        *TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "auditwheel", "transformers", TORCHAO
     )
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
     run_pytest(session, "-m", "not slow", "tests_integration")
@@ -141,6 +145,14 @@ def bench_checkpoint(session: nox.Session) -> None:
     install_project(session)
     session.install("psutil>=5.9", "ray[default]", "transformers", "safetensors")
     session.run("python", "benchmarks/checkpoint.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench_quantized(session: nox.Session) -> None:
+    """A torchao int8 model in 4 actors: shared vs quantized per actor vs ``torch.load`` (``-- --help`` for flags)."""
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]", TORCHAO)
+    session.run("python", "benchmarks/quantized.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
 
 
 @nox.session

@@ -95,9 +95,7 @@ class TwoPart(torch.Tensor):
         if func is torch.ops.aten.detach.default:
             (tensor,) = args
             return cls(tensor.high.detach(), tensor.low.detach())
-        plain = pytree.tree_map_only(
-            cls, lambda t: t.high.dequantize() + t.low.dequantize(), (args, kwargs or {})
-        )
+        plain = pytree.tree_map_only(cls, lambda t: t.high.dequantize() + t.low.dequantize(), (args, kwargs or {}))
         return func(*plain[0], **plain[1])
 
 

@@ -500,7 +500,9 @@ class ExportBackend(Backend):
         n_distinct = 1 + max((slot.index for slot in skeleton.slots), default=-1)
         plain_indices = [i for i in range(n_distinct) if i not in subclass_indices]
         table_index = {i: position for position, i in enumerate(plain_indices)}
-        parameters = {table_index[slot.index] for slot in skeleton.slots if slot.is_parameter and slot.index in table_index}
+        parameters = {
+            table_index[slot.index] for slot in skeleton.slots if slot.is_parameter and slot.index in table_index
+        }
         tensors = materialize(payload.table, options, parameters=parameters)
         weights: list[Any] = [None] * n_distinct
         for i, position in table_index.items():

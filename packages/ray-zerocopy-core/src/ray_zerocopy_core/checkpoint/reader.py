@@ -221,14 +221,13 @@ class CheckpointReader:
                     f"{built.dtype}. The files belong to another configuration of the model: build the module "
                     "with the configuration (and dtype) the checkpoint was saved from."
                 )
-            value: torch.Tensor = found.tensor
-            if isinstance(built, nn.Parameter):
-                value = nn.Parameter(value, requires_grad=False)
+            value: Any = (
+                nn.Parameter(found.tensor, requires_grad=False) if isinstance(built, nn.Parameter) else found.tensor
+            )
             for module in self.module.modules():
-                for table in (module._parameters, module._buffers):
-                    for name, held in table.items():
-                        if held is built:
-                            table[name] = value
+                for places in (module._parameters, module._buffers):
+                    for name in [name for name, held in places.items() if held is built]:
+                        places[name] = value
             placed.add(key)
         return placed
 
