@@ -94,6 +94,13 @@ def where_inner_tensors_lie(model: Any) -> dict[str, tuple[str, bool]]:
     return found
 
 
+def parameters_alias_the_store(model: Any) -> bool:
+    """``aliases_object_store`` of every parameter, a quantized one taken whole (run in an actor)."""
+    from ray_zerocopy import aliases_object_store
+
+    return all(aliases_object_store(p) for p in model.parameters())
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_each_torchao_kind_answers_bit_for_bit_from_the_object_store(
     torchao: ModuleType, kind: str, one_thread: None
@@ -115,6 +122,7 @@ def test_each_torchao_kind_answers_bit_for_bit_from_the_object_store(
     assert {holder for holder, _ in lie.values()} == {KINDS[kind][2], "Parameter"}
     assert all(in_store for _, in_store in lie.values()), lie
     assert {"0.weight.qdata", "2.weight.qdata"} <= set(lie)
+    assert ray.get(worker.apply.remote(parameters_alias_the_store))
 
 
 class TwoHeads(nn.Module):
@@ -265,6 +273,19 @@ def test_a_torch_saved_quantized_state_dict_through_a_checkpoint(
     worker = Loaded.remote(ActorWrapper.from_checkpoint(Checkpoint(tmp_path / "int8.pt", factory)))
     assert torch.equal(ray.get(worker.call.remote(x)), expected)
     assert all(in_store for _, in_store in ray.get(worker.apply.remote(where_inner_tensors_lie)).values())
+
+
+def test_a_quantized_checkpoint_refuses_dtype_and_a_model_it_does_not_fit(torchao: ModuleType, tmp_path: Path) -> None:
+    from ray_zerocopy.errors import CheckpointError
+
+    torch.save(quantized_mlp().state_dict(), tmp_path / "int8.pt")
+    before = store_bytes_used()
+    with pytest.raises(CheckpointError, match=r"'0\.weight' is a Int8Tensor.*dtype=torch\.bfloat16.*Drop dtype="):
+        ActorWrapper.from_checkpoint(Checkpoint(tmp_path / "int8.pt", Builder(), dtype=torch.bfloat16))
+    wider = lambda: nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 64))  # noqa: E731
+    with pytest.raises(CheckpointError, match=r"'0\.weight'.*Int8Tensor of shape \[512, 256\].*\[1024, 256\]"):
+        ActorWrapper.from_checkpoint(Checkpoint(tmp_path / "int8.pt", wider))
+    assert wait_for_store_at_most(before) <= before, "a refused checkpoint left bytes in the object store"
 
 
 class Builder:

@@ -17,7 +17,8 @@ Three ways to give it to N actors, measured the same way:
 Every actor is started and has got a small quantized model (256 x 256) the method's own
 way and run it before the clock starts (imports, kernels and first-use costs paid, as in
 a serving actor); all of them then load at the same moment and
-time their own load and first forward. Node memory is the object store's growth plus
+time their own load and first forward; then each runs one more forward, one actor at a
+time (the forward's compute alone, for the same model in every method). Node memory is the object store's growth plus
 every actor's private growth (``Pss - Pss_Shmem``, heap trimmed) across load and first
 forward, over the quantized bytes.
 """
@@ -137,6 +138,8 @@ class QuantizedWorker:
     """One actor: warmed up at start (a small model got ``method``'s way), then asked once for the model."""
 
     def __init__(self, method: str, warm_up: Any) -> None:
+        import torchao.quantization  # noqa: F401  (serving code imports it; it registers torch.load's safe globals)
+
         with torch.no_grad():  # imports, kernels and first-use costs paid, as in a serving actor
             get_model(method, warm_up, 1, WARM_UP_SIDE)(make_input(WARM_UP_SIDE))
         self.model: Any = None
@@ -159,6 +162,13 @@ class QuantizedWorker:
         trim_heap()
         return {"load_s": loaded - start, "load_forward_s": forward - start, "growth": private_bytes() - self.before}
 
+    def forward_again(self) -> float:
+        """Seconds of one more forward, the model in place (the compute alone, once no other actor runs)."""
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.model(make_input())
+        return time.perf_counter() - start
+
 
 def measure(method: str, layers: int, actors: int, workdir: Path, progress: Any = print) -> dict[str, Any]:
     """One method: ``actors`` fresh actors get the model at once; times, memory and the node's total."""
@@ -177,6 +187,7 @@ def measure(method: str, layers: int, actors: int, workdir: Path, progress: Any 
     points = ray.get([w.run.remote(method, handle, layers, start_at) for w in workers])
     store_growth = object_store_bytes_used() - store_before
     growth = sum(p["growth"] for p in points)
+    warm = [ray.get(w.forward_again.remote()) for w in workers]  # one actor at a time
     for worker in workers:
         ray.kill(worker)
     if method == "zerocopy":
@@ -193,6 +204,7 @@ def measure(method: str, layers: int, actors: int, workdir: Path, progress: Any 
         "load_s": [p["load_s"] for p in points],
         "load_forward_s": [p["load_forward_s"] for p in points],
         "load_forward_median_s": statistics.median(p["load_forward_s"] for p in points),
+        "warm_forward_s": warm,
         "store_growth_bytes": store_growth,
         "private_growth_bytes": growth,
         "node_bytes": node,
