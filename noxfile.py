@@ -1,12 +1,17 @@
 """Every development task of ray-zerocopy is a nox session: ``nox -l`` lists them.
 
 torch is pinned (``TORCH_VERSION``, default 2.13.0) because an unpinned torch pulls a
-multi-GB CUDA build; set ``TORCH_VERSION=...`` in the environment to test another.
+multi-GB CUDA build; ``TORCH_VERSION=...`` and ``RAY_VERSION=...`` in the environment
+run a session at other versions. ``tests_matrix`` runs the supported versions
+(:data:`SUPPORTED`); ``tests_minimum``, which CI runs, the lowest of each.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 
 import nox
 
@@ -14,6 +19,7 @@ nox.options.sessions = ["lint", "typecheck", "tests", "integration"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = os.environ.get("TORCH_VERSION", "2.13.0")
+RAY = os.environ.get("RAY_VERSION")  # None: the newest Ray that pip finds
 PACKAGES = (
     "packages/ray-zerocopy-core",
     "packages/ray-zerocopy-jit",
@@ -23,29 +29,93 @@ PACKAGES = (
 SOURCES = tuple(f"{p}/src" for p in PACKAGES)
 UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 
-#: The versions the matrix proves: the lowest supported and the newest of each. torch
-#: wheels other than the local CPU build of 2.13.0 are multi-GB CUDA builds here, so
-#: the matrix names only what installs; add versions where they can be installed.
-MATRIX_TORCH = ["2.13.0"]
-MATRIX_RAY = ["2.43.0", "2.60.0"]
-#: The lower bounds the packages declare; ``tests_minimum`` installs exactly these.
-MINIMUM = {"torch": "2.13.0", "ray": "2.43.0", "numpy": "2.0.2"}
-#: Pairs that cannot be installed together here, with the reason they are skipped.
-INCOMPATIBLE: dict[tuple[str, str], str] = {}
+#: The one table of supported versions: per dependency, (lowest, newest).
+#: The lowest is what each ``packages/*/pyproject.toml`` naming the dependency declares
+#: (``>=``, with a comment naming the API that sets it), checked by
+#: tests_integration/test_packaging.py; ``tests_minimum`` installs every lowest version
+#: together. The newest is what ``tests_matrix`` installs (``None``: the newest release
+#: pip finds). To move a bound: change it here and in the pyproject files, run
+#: ``nox -s tests_matrix``, and record the results in docs/compatibility.md.
+SUPPORTED: dict[str, tuple[str, str | None]] = {
+    "python": ("3.10", "3.13"),
+    "torch": ("2.4.0", "2.14.1"),
+    "ray": ("2.40.0", "2.60.0"),
+    "numpy": ("1.23.2", None),
+}
+LOWEST = {name: low for name, (low, _) in SUPPORTED.items()}
+NEWEST = {name: new for name, (_, new) in SUPPORTED.items()}
+#: The interpreter of the local CPU torch wheel (2.13.0, cp311) and of the newest pair.
+DEFAULT_PYTHON = "3.11"
+
+#: The ``tests_matrix`` sessions by id, ``(python, torch, ray, numpy)``: every lowest
+#: version together, the newest torch with the newest Ray, and the default torch on the
+#: lowest and the newest Python (``None``: the newest release pip finds).
+MATRIX: dict[str, tuple[str, str, str | None, str | None]] = {
+    "lowest": (LOWEST["python"], LOWEST["torch"], LOWEST["ray"], LOWEST["numpy"]),
+    "newest": (DEFAULT_PYTHON, str(NEWEST["torch"]), NEWEST["ray"], None),
+    f"python{LOWEST['python']}": (LOWEST["python"], TORCH, NEWEST["ray"], None),
+    f"python{NEWEST['python']}": (str(NEWEST["python"]), TORCH, NEWEST["ray"], None),
+}
+#: Leaves out the integration tests that need transformers or torchao, which the matrix
+#: does not install (their releases follow torch's): test_checkpoint.py is about
+#: transformers models, test_export has a Hugging Face Llama, and one example builds a
+#: BERT; test_quantized.py, the quantized example and the quantization guide's code use torchao.
+WITHOUT_TRANSFORMERS = (
+    "--ignore=tests_integration/test_checkpoint.py",
+    "--ignore=tests_integration/test_quantized.py",
+    "-k",
+    "not hugging_face and not checkpoint_data_pipeline and not quantized_actors and not quantization.md",
+)
+#: The integration tests CI runs at the lowest versions, a few minutes: both modes, Ray
+#: Data, published models (streaming generators, node affinity, the internal KV store),
+#: 0.x's functions (TorchScript through Ray). tests_matrix runs the rest.
+FAST_INTEGRATION = tuple(
+    f"tests_integration/{name}.py" for name in ("test_nn_modes", "test_named", "test_compat_0x_functions")
+)
 
 TEST_DEPS = ("pytest>=8", "psutil>=5.9")
 #: torchao for the quantized models (tests_integration/test_quantized.py, the example, the benchmark).
 #: 0.18.0 is the newest release and runs on torch 2.13's CPU build (int8, int4's CPU layout, float8);
-#: its releases follow torch's, so it moves with TORCH_VERSION.
+#: each torchao release is built for one torch release: pick its match to test another TORCH_VERSION.
 TORCHAO = "torchao==0.18.0"
 
 
-def install_project(session: nox.Session, *, torch: str = TORCH, ray: str | None = None, extras: str = "") -> None:
-    """Install pinned torch (and ray), then every package of this working tree (editable)."""
+def interpreter(version: str) -> str:
+    """Python ``version`` for nox: ``pythonX.Y`` on PATH, else pyenv's install of it (its shim may refuse)."""
+    found = [shutil.which(f"python{version}")]
+    found += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    for path in filter(None, found):
+        if subprocess.run([path, "--version"], capture_output=True, check=False).returncode == 0:
+            return path
+    return version  # nox then says that it is missing
+
+
+def install_project(
+    session: nox.Session,
+    *,
+    torch: str = TORCH,
+    ray: str | None = RAY,
+    numpy: str | None = None,
+    extras: str = "",
+    ray_extras: str = "data",
+) -> None:
+    """Install pinned torch (and ray, numpy), then every package of this working tree (editable)."""
     session.install(f"torch=={torch}")
-    if ray is not None:
-        session.install(f"ray[data]=={ray}")
-    session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", PACKAGES[3], "-e", f"{PACKAGES[2]}{extras}")
+    pins = [f"ray[{ray_extras}]=={ray}"] if ray is not None else []
+    pins += [f"numpy=={numpy}"] if numpy is not None else []
+    if numpy is not None and int(numpy.split(".")[0]) < 2:
+        pins.append("pyarrow<26")  # pyarrow 26 (Ray Data's) needs numpy 2 without declaring it
+    if pins:
+        session.install(*pins)
+    session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", PACKAGES[3], "-e", f"{PACKAGES[2]}{extras}", *pins)
+
+
+def install_integration(session: nox.Session) -> None:
+    """What the integration tests use besides the project and Ray."""
+    # hatchling: sdist->wheel (test_packaging); the toy backend and the example plugin: test_third_party_backend
+    # tomli: tomllib for Python 3.10 (test_packaging)
+    session.install(*TEST_DEPS, "safetensors", "matplotlib", "hatchling", "tomli; python_version < '3.11'")
+    session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
 
 
 def run_pytest(session: nox.Session, *paths: str) -> None:
@@ -67,35 +137,49 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("ray", MATRIX_RAY)
-@nox.parametrize("torch", MATRIX_TORCH)
-def tests_matrix(session: nox.Session, torch: str, ray: str) -> None:
-    """Unit tests over the supported torch x ray versions (lowest and newest)."""
-    if (torch, ray) in INCOMPATIBLE:
-        session.skip(INCOMPATIBLE[(torch, ray)])
-    install_project(session, torch=torch, ray=ray)
-    session.install(*TEST_DEPS)
+@nox.parametrize(
+    ("python", "torch", "ray", "numpy"),
+    [(interpreter(python), torch, ray, numpy) for python, torch, ray, numpy in MATRIX.values()],
+    ids=list(MATRIX),
+)
+def tests_matrix(session: nox.Session, torch: str, ray: str | None, numpy: str | None) -> None:
+    """Unit tests, and integration tests but transformers', at supported versions: ``nox -s "tests_matrix(lowest)"``."""
+    install_project(session, torch=torch, ray=ray, numpy=numpy, extras="[jit,export]", ray_extras="data,serve")
+    install_integration(session)
+    if session.posargs:
+        run_pytest(session)
+        return
     run_pytest(session, *UNIT_TESTS)
+    run_pytest(session, "-m", "not slow", *WITHOUT_TRANSFORMERS, "tests_integration")
 
 
-@nox.session
+@nox.session(python=interpreter(LOWEST["python"]))
 def tests_minimum(session: nox.Session) -> None:
-    """Unit tests at the declared lower bounds of torch, ray and numpy."""
-    install_project(session, torch=MINIMUM["torch"], ray=MINIMUM["ray"])
-    session.install(f"numpy=={MINIMUM['numpy']}", *TEST_DEPS)
+    """Unit tests and a fast integration subset at the lowest supported versions (CI runs it)."""
+    install_project(
+        session,
+        torch=LOWEST["torch"],
+        ray=LOWEST["ray"],
+        numpy=LOWEST["numpy"],
+        extras="[jit,export]",
+        ray_extras="data,serve",  # serve brings grpcio, for the object store's memory stats
+    )
+    install_integration(session)
+    if session.posargs:
+        run_pytest(session)
+        return
     run_pytest(session, *UNIT_TESTS)
+    run_pytest(session, "-m", "not slow", "-k", "not hugging_face", *FAST_INTEGRATION)
 
 
 @nox.session
 def integration(session: nox.Session) -> None:
     """Cross-package tests on a real local Ray (examples, Ray Data, faults); slow ones: ``-- -m slow``."""
-    install_project(session, extras="[jit,export]")
-    # hatchling: sdist->wheel, auditwheel: core's wheel can be manylinux (test_packaging);
-    # transformers: a Hugging Face model exported (test_export); torchao: quantized models (test_quantized)
-    session.install(
-        *TEST_DEPS, "ray[data,serve]", "safetensors", "matplotlib", "hatchling", "auditwheel", "transformers", TORCHAO
-    )
-    session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
+    install_project(session, extras="[jit,export]", ray_extras="data,serve")
+    install_integration(session)
+    # transformers: a Hugging Face model exported (test_export), checkpoints (test_checkpoint);
+    # auditwheel: core's wheel can be manylinux (test_packaging); torchao: quantized models (test_quantized)
+    session.install("transformers", "auditwheel", TORCHAO, "ray[data,serve]" + (f"=={RAY}" if RAY else ""))
     run_pytest(session, "-m", "not slow", "tests_integration")
 
 

@@ -7,7 +7,6 @@ The names are 0.x's ``ray_zerocopy.__all__``, ``ray_zerocopy.nn.__all__`` and
 from __future__ import annotations
 
 import importlib
-import pickle
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -152,13 +151,17 @@ def test_jit_extract_and_replace_tensors_keep_0x_shapes(extract: str) -> None:
     model, x = script_pair().encoder, torch.randn(5, 32)
     model_bytes, tensors = once(lambda: getattr(rzj, extract)(model), "JITActorWrapper(model)")
     assert isinstance(model_bytes, bytes) and isinstance(tensors, OrderedDict)
-    assert all(isinstance(name, str) and isinstance(a, np.ndarray) for name, a in tensors.items())
-    assert sum(a.nbytes for a in tensors.values()) >= 32 * 64 * 4  # the weights are in the arrays...
-    assert len(model_bytes) < 32 * 64 * 4  # ...not in the skeleton
-    travelled_bytes, travelled = pickle.loads(pickle.dumps((model_bytes, tensors)))
+    state = model.state_dict()
+    assert list(tensors) == list(state)  # 0.x's keys: the state_dict names
+    for name, array in tensors.items():
+        assert isinstance(array, np.ndarray) and array.shape == tuple(state[name].shape), name
+        assert array.ctypes.data == state[name].data_ptr(), f"{name}: a copy, not a view"
+    assert len(model_bytes) < 32 * 64 * 4  # the weights are in the arrays, not in the skeleton
+    travelled_bytes, travelled = ray.get(ray.put((model_bytes, tensors)))  # through the object store
     rebuilt = once(lambda: rzj.replace_tensors(travelled_bytes, travelled), "JITActorWrapper(model).load()")
     assert isinstance(rebuilt, torch.jit.ScriptModule) and torch.equal(rebuilt(x), model(x))
-    with pytest.raises(TypeError, match="takes a torch.jit.ScriptModule"):
+    assert all(aliases_object_store(t) for t in rebuilt.state_dict().values())  # the arrays, not copies
+    with pytest.raises(TypeError, match=r"^Expected torch\.jit\.ScriptModule, got Linear"):
         getattr(rzj, extract)(nn.Linear(2, 2))
 
 

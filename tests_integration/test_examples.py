@@ -54,6 +54,7 @@ EXPECTED_OUTPUT = {
     "serve_deployment.py": "8 requests answered",
     "serve_named_models.py": "named-model demo done",
     "serve_multiplexed.py": "answered correctly by",
+    "cluster_named_models.py": "served from every node",
 }
 
 

@@ -16,6 +16,7 @@ core's sdist, where no C compiler can be found, and make a protected load with e
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -30,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from environment import require
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli distribution
+    import tomli as tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -136,6 +141,46 @@ def test_installed_packages_report_the_release_version() -> None:
                 f"{name} is not installed: every distribution of this repository is (pip install -e packages/*)"
             )
         assert installed == VERSION, f"{name} {installed} is installed; reinstall it ({VERSION} in its pyproject)"
+
+
+def supported_versions() -> dict[str, tuple[str, str | None]]:
+    """noxfile.py's ``SUPPORTED`` table (read as data, so nox need not be installed here)."""
+    for node in ast.parse((ROOT / "noxfile.py").read_text()).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.AnnAssign) and isinstance(target, ast.Name) and target.id == "SUPPORTED" and node.value:
+            table: dict[str, tuple[str, str | None]] = ast.literal_eval(node.value)
+            return table
+    raise AssertionError("noxfile.py has no SUPPORTED table")
+
+
+SUPPORTED = supported_versions()
+
+
+def test_declared_lower_bounds_are_the_lowest_versions_the_matrix_proves() -> None:
+    """Every bound on torch, Ray, numpy and Python is ``>=`` the lowest of noxfile.py's table, nothing else."""
+    lowest = {name: Version(low) for name, (low, _) in SUPPORTED.items()}
+    wrong = []
+    for name, project in PROJECTS.items():
+        python = project["requires-python"]
+        if python != f">={SUPPORTED['python'][0]}":
+            wrong.append(f"{name}: requires-python {python!r}")
+        for req in requirements(project):
+            clauses = [(clause.operator, Version(clause.version)) for clause in req.specifier]
+            if req.name in lowest and clauses != [(">=", lowest[req.name])]:  # a floor, no upper bound
+                wrong.append(f"{name}: {req} (noxfile.py proves {req.name}>={SUPPORTED[req.name][0]})")
+    assert not wrong, f"declared bounds differ from noxfile.py's SUPPORTED table: {wrong}"
+    core = {req.name for req in requirements(PROJECTS[CORE])}
+    assert {"torch", "ray", "numpy"} <= core, f"{CORE} must declare its floor of each: {core}"
+
+
+def test_each_bound_says_which_api_sets_it() -> None:
+    """A comment beside each torch, Ray and numpy bound names what needs that version."""
+    for package in PACKAGES:
+        for line in (package / "pyproject.toml").read_text().splitlines():
+            text, _, comment = line.partition("#")
+            for dependency in ("torch", "ray", "numpy"):
+                if f'"{dependency}>=' in text or f'"{dependency}[' in text:
+                    assert len(comment.strip()) > 10, f"{package.name}: say why beside {text.strip()}"
 
 
 def hatchling(target: str, source: Path, out: Path) -> Path:

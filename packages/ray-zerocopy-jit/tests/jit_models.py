@@ -52,7 +52,8 @@ TORCHSCRIPT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 def torchscript_allowed() -> Iterator[None]:
     """Inside the block, torch's TorchScript deprecation warning is not shown (others are)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATION, category=DeprecationWarning)
+        for category in (DeprecationWarning, FutureWarning):  # torch 2.13's, torch 2.14's
+            warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATION, category=category)
         yield
 
 

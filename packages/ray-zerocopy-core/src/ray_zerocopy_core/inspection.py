@@ -15,6 +15,7 @@ import torch
 
 from ray_zerocopy_core.memory import shared_memory_ranges
 from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable
+from ray_zerocopy_core.representation import round_up
 
 
 def aliases_object_store(tensor: torch.Tensor) -> bool:
@@ -47,7 +48,7 @@ def cached_file_bytes(path: str | os.PathLike[str]) -> int:
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY) as mapping:
         anchor = ctypes.c_char.from_buffer(mapping)  # a private, untouched mapping: nothing is read
         try:
-            pages = -(-size // mmap.PAGESIZE)
+            pages = round_up(size, mmap.PAGESIZE) // mmap.PAGESIZE
             vector = (ctypes.c_ubyte * pages)()
             if libc.mincore(ctypes.addressof(anchor), size, vector) != 0:
                 raise OSError(ctypes.get_errno(), "mincore failed")

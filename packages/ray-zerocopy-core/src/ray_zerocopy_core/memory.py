@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ray_zerocopy_core import fault_explainer
+from ray_zerocopy_core.representation import round_up
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _protect(record: _MappedObject, guard_bytes: int) -> None:
     if guard_bytes < PAGE_SIZE:
         _warn_unprotected(f"the page size here, {PAGE_SIZE} bytes, is larger than the stored guards")
         return
-    start = -(-record.start // PAGE_SIZE) * PAGE_SIZE
+    start = round_up(record.start, PAGE_SIZE)
     end = record.end // PAGE_SIZE * PAGE_SIZE
     if end <= start:
         return

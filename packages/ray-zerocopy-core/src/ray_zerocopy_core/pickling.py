@@ -29,6 +29,8 @@ import torch
 from ray import cloudpickle
 from torch import nn
 
+from ray_zerocopy_core.representation import PLAIN_TENSOR_TYPES
+
 #: Gives the key to put in place of an object, or None to pickle the object as usual.
 Placeholder = Callable[[Any], Hashable | None]
 
@@ -85,8 +87,6 @@ def loads_with_placeholders(data: bytes, resolve: Callable[[Any], Any]) -> Any:
 
 #: First field of the placeholder key of a tensor subclass (see :func:`split_tensors`).
 SUBCLASS_KEY = "ray-zerocopy:tensor-subclass"
-#: The tensor types stored as they are; any other tensor type is a subclass.
-PLAIN_TENSOR_TYPES = (torch.Tensor, nn.Parameter, nn.Buffer)
 
 
 def is_flattenable(tensor: torch.Tensor) -> bool:

@@ -1,7 +1,7 @@
 """How much memory a process holds of its own, and trimming its heap (Linux ``/proc``, glibc).
 
-Standard library only: the named-model holder actor (:mod:`ray_zerocopy_core.named.holder`)
-runs this code without importing torch, and tests and benchmarks use it to show that a
+Standard library only: the node holder and directory actors (:mod:`ray_zerocopy_core.cluster`)
+run this code without importing torch, and tests and benchmarks use it to show that a
 zero-copy worker holds no private copy of the weights.
 """
 
@@ -24,12 +24,7 @@ def private_memory_bytes(pid: int | None = None) -> int:
     Raises:
         OSError: ``/proc/PID/smaps_rollup`` cannot be read (not Linux, or no such process).
     """
-    fields: dict[str, int] = {}
-    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
-        for line in rollup:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0].endswith(":"):
-                fields[parts[0][:-1]] = int(parts[1]) * 1024
+    fields = _rollup(pid)
     return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
@@ -47,11 +42,18 @@ def anonymous_memory_bytes(pid: int | None = None) -> int | None:
     Raises:
         OSError: ``/proc/PID/smaps_rollup`` cannot be read (not Linux, or no such process).
     """
+    return _rollup(pid).get("Pss_Anon")
+
+
+def _rollup(pid: int | None) -> dict[str, int]:
+    """The byte counts of ``/proc/PID/smaps_rollup`` (this process by default), by field name."""
+    fields: dict[str, int] = {}
     with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as rollup:
         for line in rollup:
-            if line.startswith("Pss_Anon:"):
-                return int(line.split()[1]) * 1024
-    return None
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].endswith(":"):
+                fields[parts[0][:-1]] = int(parts[1]) * 1024
+    return fields
 
 
 def trim_heap() -> None:

@@ -29,6 +29,10 @@ from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 ALIGNMENT = 64
 #: Storages smaller than this are packed together into one buffer (see the module doc).
 SMALL_STORAGE_BYTES = 4096
+#: The tensor types stored as they are (``torch.nn.Buffer`` exists from torch 2.5 on).
+PLAIN_TENSOR_TYPES: tuple[type, ...] = (torch.Tensor, torch.nn.Parameter)
+if hasattr(torch.nn, "Buffer"):
+    PLAIN_TENSOR_TYPES += (torch.nn.Buffer,)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def check_shareable(tensor: torch.Tensor, where: str) -> None:
             "float model with torchao instead (torchao.quantization.quantize_), whose weights share "
             "zero-copy, or wrap the float model."
         )
-    if type(tensor) not in (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer):
+    if type(tensor) not in PLAIN_TENSOR_TYPES:
         cls = type(tensor)
         name = f"{cls.__module__}.{cls.__qualname__}"
         lacks = [m for m in ("__tensor_flatten__", "__tensor_unflatten__") if not callable(getattr(cls, m, None))]

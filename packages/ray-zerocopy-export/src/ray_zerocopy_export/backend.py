@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import gc
 import importlib
+import inspect
 import logging
 import operator
 import pickle
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar
@@ -64,8 +64,15 @@ logger = logging.getLogger(__name__)
 #: Version of the skeleton layout written by :func:`save_skeleton`.
 SKELETON_FORMAT = 1
 
-#: Kinds of graph outputs that write to a weight in place when the program runs.
-_MUTATING_OUTPUTS = (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
+#: Kinds of graph outputs that write to a weight in place when the program runs
+#: (``PARAMETER_MUTATION`` exists from torch 2.6 on; older programs cannot have it).
+_MUTATING_OUTPUTS = tuple(
+    getattr(OutputKind, kind) for kind in ("BUFFER_MUTATION", "PARAMETER_MUTATION") if hasattr(OutputKind, kind)
+)
+#: The tensor types a program's state may hold (``nn.Buffer`` exists from torch 2.5 on).
+_PLAIN_TENSORS: tuple[type, ...] = (torch.Tensor, nn.Parameter)
+if hasattr(nn, "Buffer"):
+    _PLAIN_TENSORS += (nn.Buffer,)
 #: Top-level modules whose pytree types need no import on the worker.
 _BUILTIN_ROOTS = frozenset({"builtins", "collections", "torch", "typing"})
 #: Kinds of graph inputs that are weights lifted out of the module.
@@ -152,21 +159,63 @@ class ProgramSkeleton:
         )
 
 
-def _serde() -> tuple[Any, Any, Callable[[Any], ContextManager[Any]]]:
-    """torch's ExportedProgram serializer and deserializer (the ones ``torch.export.save``/``load`` use).
-
-    Returns the serializer class, the deserializer class and the context manager that
-    ``torch._export.serde.serialize.serialize`` enters around serialization.
-    """
+def _serde() -> Any:
+    """torch's ExportedProgram serialization module, the one behind ``torch.export.save``."""
     try:
         from torch._export.serde import serialize as serde
     except ImportError as exc:  # pragma: no cover - depends on the torch build
         raise UnsupportedModelError(
             f"This torch ({torch.__version__}) lacks the torch.export serializer ({exc}); "
-            "ray-zerocopy-export needs torch>=2.13."
+            "ray-zerocopy-export needs torch>=2.4."
         ) from exc
-    enter = getattr(serde, "_enable_graph_inputs_of_type_nn_module", None)
-    return serde.ExportedProgramSerializer, serde.ExportedProgramDeserializer, enter or (lambda _: nullcontext())
+    return serde
+
+
+def _deserializer() -> Any:
+    """torch's ExportedProgram deserializer class, if it takes the weights as tensors (torch 2.4 on).
+
+    Raises:
+        UnsupportedModelError: this torch's deserializer reads the weights from bytes only
+            (torch 2.3 and earlier), so the program's weights could not alias the object store.
+    """
+    deserializer = _serde().ExportedProgramDeserializer
+    if "state_dict" not in inspect.signature(deserializer.deserialize).parameters:
+        raise UnsupportedModelError(
+            f"Sharing torch.export programs needs torch 2.4 or later: this torch ({torch.__version__}) "
+            "rebuilds a program only from serialized bytes, so every worker would copy the weights. "
+            "Upgrade torch to 2.4 or later, or share the eager nn.Module (ActorWrapper(model))."
+        )
+    return deserializer
+
+
+#: Held while torch's serializer is told to leave the weights out on a torch whose
+#: serializer cannot be asked to (see :func:`_serialize_without_weights`).
+_SERIALIZER_LOCK = threading.Lock()
+
+
+def _serialize_without_weights(program: ExportedProgram) -> Any:
+    """torch's serialized form of ``program`` (``torch.export.save``'s), leaving out its tensors.
+
+    Newer torch releases take ``serialize_state_dict=False`` and the like. Older ones
+    (torch 2.4 among them) always ``torch.save`` the weights into bytes that the skeleton
+    never keeps: a copy of the whole model on the driver. There, the module's
+    ``serialize_torch_artifact`` is replaced, for this call only, by one that writes nothing.
+    """
+    serde = _serde()
+    serializer = serde.ExportedProgramSerializer()
+    enter = getattr(serde, "_enable_graph_inputs_of_type_nn_module", None) or (lambda _: nullcontext())
+    with enter(program.example_inputs):
+        if "serialize_state_dict" in inspect.signature(serializer.serialize).parameters:
+            return serializer.serialize(
+                program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
+            )
+        with _SERIALIZER_LOCK:
+            saving = serde.serialize_torch_artifact
+            serde.serialize_torch_artifact = lambda *args, **kwargs: b""
+            try:
+                return serializer.serialize(program)
+            finally:
+                serde.serialize_torch_artifact = saving
 
 
 def _check_program(program: ExportedProgram) -> None:
@@ -192,7 +241,7 @@ def _check_program(program: ExportedProgram) -> None:
                     "load_state_dict(...), then torch.export.export), or load a saved program with "
                     "torch.export.load, and wrap that."
                 )
-            if type(value) not in (torch.Tensor, nn.Parameter, nn.Buffer) and not is_flattenable(value):
+            if type(value) not in _PLAIN_TENSORS and not is_flattenable(value):
                 raise UnsupportedModelError(
                     f"ExportedProgram.{where}[{name!r}] is a {type(value).__qualname__} (a tensor subclass "
                     "without __tensor_flatten__ and __tensor_unflatten__, e.g. a fake tensor from exporting "
@@ -312,7 +361,7 @@ def pytree_modules(program: ExportedProgram) -> list[str]:
         module = getattr(spec.type, "__module__", None)
         if module and module.split(".")[0] not in _BUILTIN_ROOTS:
             modules[module] = None
-        stack.extend(spec.children())
+        stack.extend(spec.children() if hasattr(spec, "children") else spec.children_specs)  # 2.4: no children()
     return list(modules)
 
 
@@ -335,12 +384,8 @@ def save_skeleton(program: ExportedProgram) -> bytes:
     of going through JSON makes a worker's load several times faster, since reading
     the JSON back resolves type hints for every node.
     """
-    serializer, _, enter = _serde()
     try:
-        with enter(program.example_inputs):
-            serialized = serializer().serialize(
-                program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
-            )
+        serialized = _serialize_without_weights(program)
         data = pickle.dumps(serialized.exported_program, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise UnsupportedModelError(
@@ -386,13 +431,14 @@ class ZeroCopyExportedProgram(ExportedProgram):
 
     _zerocopy_module: nn.Module | None
 
-    def module(self, check_guards: bool = True) -> Any:
+    def module(self, *args: Any, **kwargs: Any) -> Any:
         """``ExportedProgram.module()``, built with the garbage collector paused (see :func:`gc_paused`).
 
         Its parameters, buffers and constants are this program's tensors: no weight is copied.
+        Arguments go to torch's own ``module()`` (``check_guards=`` where this torch has it).
         """
         with gc_paused():
-            return super().module(check_guards=check_guards)
+            return super().module(*args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the program (its cached ``module()``) on ``args``."""
@@ -448,8 +494,10 @@ class ExportBackend(Backend):
 
         Raises:
             UnsupportedModelError: ``model`` holds weights that cannot be shared (meta or
-                fake tensors, custom class objects), or cannot be serialized by ``torch.export``.
+                fake tensors, custom class objects), or cannot be serialized by ``torch.export``,
+                or this torch is older than 2.4 (see :func:`_deserializer`).
         """
+        _deserializer()  # refuse here, on the driver, what no worker could rebuild
         _check_program(model)
         slots, tensors = find_slots(model)
         subclass_indices = [i for i, (_, tensor) in enumerate(tensors) if is_flattenable(tensor)]
@@ -517,7 +565,7 @@ class ExportBackend(Backend):
         example_inputs: Any = None
         if skeleton.example_inputs is not None:
             example_inputs = join_tensors(skeleton.example_inputs, tensors[n_weights:])
-        _, deserializer, _ = _serde()
+        deserializer = _deserializer()
         _import_pytree_modules(skeleton.modules)
         try:
             with gc_paused():

@@ -49,7 +49,8 @@ SLOTS_FILE = "ray_zerocopy_slots.json"
 #: which extraction warns that every worker will load its own copy of them.
 INLINED_WARNING_BYTES = 64 * 1024
 
-#: The deprecation warnings torch emits from the calls this backend makes for itself.
+#: The deprecation warnings torch emits from the calls this backend makes for itself
+#: (torch 2.13 as ``DeprecationWarning``, 2.14 as ``FutureWarning``; 2.4 emits none).
 #: Only these exact messages are silenced, and only around our own calls.
 _OWN_CALL_WARNINGS = tuple(
     f"`torch.jit.{call}` is {state}. Please switch to `torch.export`."
@@ -63,7 +64,8 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
     """Silence torch's deprecation warnings for ``torch.jit.save``/``load`` in this block only."""
     with warnings.catch_warnings():
         for message in _OWN_CALL_WARNINGS:
-            warnings.filterwarnings("ignore", message=re.escape(message) + r"\Z", category=DeprecationWarning)
+            for category in (DeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", message=re.escape(message) + r"\Z", category=category)
         yield
 
 

@@ -1,4 +1,4 @@
-"""TorchScript faces of the core wrappers: same engine, TorchScript defaults.
+"""The TorchScript wrappers: the core wrappers with TorchScript defaults (same engine).
 
 Reached through ``ray_zerocopy.JIT*Wrapper`` and ``ray_zerocopy.jit``, which first check
 that the jit backend is installed (:func:`ray_zerocopy._jit_import.import_jit`).

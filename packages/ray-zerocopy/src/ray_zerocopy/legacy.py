@@ -1,6 +1,6 @@
 """The function API of earlier versions, kept working; every call warns once and names its replacement.
 
-Two generations of functions are kept: the seed functions (``ray_zerocopy``,
+Two generations of functions are kept: this project's first functions (``ray_zerocopy``,
 ``ray_zerocopy.invoke``, ``ray_zerocopy.actor`` and their ``ray_zerocopy.jit``
 counterparts) and ray-zerocopy 0.x's module functions (``ray_zerocopy.nn`` and
 ``ray_zerocopy.jit``: ``prepare_pipeline``, ``load_pipeline_for_actors``, ``call_model``,
@@ -21,7 +21,7 @@ import pickle
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 from ray_zerocopy._jit_import import jit_wrapper
 from ray_zerocopy_core.errors import UnsupportedModelError
 from ray_zerocopy_core.pipeline import load_pipeline_bytes
-from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, TensorTable
+from ray_zerocopy_core.plugin import LoadOptions, ModelPayload, TensorEntry, TensorTable, materialize
 from ray_zerocopy_core.registry import backend_for, get_backend
 from ray_zerocopy_core.wrappers import ActorWrapper, TaskWrapper
 
@@ -74,7 +74,7 @@ class Family:
         """Emit the one DeprecationWarning of ``function``, pointing at the line that called it.
 
         ``module`` is where 0.x users imported it from (``ray_zerocopy.nn`` for the eager
-        0.x functions); the seed's eager functions are named without a module.
+        0.x functions); the first eager functions are named without a module.
         """
         module = self.module if self.jit else module
         old = f"{module}.{function}()" if module else f"{function}()"
@@ -83,8 +83,8 @@ class Family:
     def _check_script_module(self, function: str, model: Any) -> None:
         if self.jit and not isinstance(model, torch.jit.ScriptModule):
             raise UnsupportedModelError(
-                f"{function}() takes a torch.jit.ScriptModule, got {type(model).__qualname__}. "
-                "Use ActorWrapper(model) for eager models."
+                f"Expected torch.jit.ScriptModule, got {type(model).__qualname__}: {function}() takes a "
+                "torch.jit.ScriptModule. Use ActorWrapper(model) for eager models."
             )
 
     def _load(self, skeleton: Any, model_refs: Mapping[str, Any], **options: Any) -> Any:
@@ -103,7 +103,7 @@ class Family:
         kwargs = self._wrapper_class(self.actor_wrapper)(pipeline, model_attr_names).constructor_kwargs
         return kwargs["pipeline_skeleton"], kwargs["model_refs"]
 
-    # --- the seed's functions -------------------------------------------------------------
+    # --- this project's first functions ---------------------------------------------------
 
     def rewrite_pipeline(self, pipeline: Any, method_names: Sequence[str] | None = None) -> Any:
         """Deprecated: use ``TaskWrapper(pipeline, method_names=...)`` (``JITTaskWrapper`` for TorchScript).
@@ -281,9 +281,16 @@ class Family:
     def extract_tensors(self, model: Any) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
         """Deprecated (0.x): use ``ActorWrapper(model)`` (``JITActorWrapper`` for TorchScript).
 
-        Split ``model`` as its backend does: returns ``(model_bytes, tensors)``, the model
-        without its weights and its weights as ``uint8`` numpy arrays (views, no copy: one
-        per storage, tied weights once, every dtype), for :func:`replace_tensors`.
+        Split ``model`` as 0.x did: returns ``(model_bytes, tensors)``, the model without
+        its weights, and an ``OrderedDict`` from each ``state_dict`` name (buffers
+        included) to a numpy array shaped like that tensor: a view of the model's own
+        memory, not a copy. Tied weights appear under each of their names, viewing the
+        same memory. For :func:`replace_tensors`; a dtype numpy lacks (``bfloat16``, the
+        ``float8`` types...) comes as its raw bits (see :func:`numpy_dtype`).
+
+        Raises:
+            UnsupportedModelError: (TorchScript) ``model`` is not a ``torch.jit.ScriptModule``
+                (a ``TypeError``, as in 0.x).
         """
         self._warn("extract_tensors", f"{self.actor_wrapper}(model)")
         return self._extract("extract_tensors", model)
@@ -298,30 +305,149 @@ class Family:
 
     def _extract(self, function: str, model: Any) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
         self._check_script_module(function, model)
-        payload = backend_for(model).extract(model)
-        table = payload.table
-        weightless = ModelPayload(payload.backend, payload.skeleton, TensorTable(table.entries, (), table.nbytes))
-        tensors = OrderedDict((f"storage_{i}", buffer) for i, buffer in enumerate(table.storages))
-        return pickle.dumps(weightless), tensors
+        backend = backend_for(model)
+        payload = backend.extract(model)
+        # Which table entry each state_dict name holds: rebuild here (weights alias the
+        # table's buffers, nothing is copied) and match the rebuilt tensors' addresses.
+        entry_tensors = materialize(payload.table, LoadOptions(), parameters=())
+        position = {_address(t): i for i, t in enumerate(entry_tensors)}
+        rebuilt = backend.rebuild(payload, LoadOptions())
+        sources: list[str | None] = [None] * len(entry_tensors)
+        for name, tensor in _state_dict(rebuilt).items():
+            index = position.get(_address(tensor))
+            if index is not None and sources[index] is None:
+                sources[index] = name
+        # Tensors outside the state_dict (TorchScript tensor attributes) have no name in
+        # the dict: their bytes go into model_bytes, a copy.
+        inline = {i: _numpy_view(t).copy() for i, t in enumerate(entry_tensors) if sources[i] is None}
+        extracted = _ExtractedModel(payload.backend, payload.skeleton, payload.table.entries, sources, inline)
+        arrays = _arrays(_state_dict(model))
+        return pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL), arrays
 
     def replace_tensors(self, model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
         """Deprecated (0.x): use ``ActorWrapper(model).load()`` (``JITActorWrapper`` for TorchScript).
 
-        Rebuild a model from :func:`extract_tensors`' two values; its weights alias ``tensors``.
+        Rebuild a model from :func:`extract_tensors`' two values; its weights alias the
+        arrays of ``tensors`` (no copy), which may be the ones ``extract_tensors``
+        returned, the same after a trip through Ray, or others of the same names,
+        shapes and dtypes.
+
+        Raises:
+            UnsupportedModelError: ``tensors`` lacks a name ``model_bytes`` needs, or an
+                array's shape or dtype is not its tensor's.
         """
         self._warn("replace_tensors", f"{self.actor_wrapper}(model).load()")
         return _rebuild_extracted(model_bytes, tensors)
 
 
+@dataclass(frozen=True)
+class _ExtractedModel:
+    """What ``extract_tensors``' ``model_bytes`` hold: a model without its weights.
+
+    Attributes:
+        backend: the name of the backend that split the model.
+        skeleton: that backend's weightless skeleton.
+        entries: the backend's table index (one entry per distinct tensor).
+        sources: per entry, the ``state_dict`` name whose array holds its elements;
+            ``None`` for a tensor outside the ``state_dict``, kept in ``inline``.
+        inline: per entry outside the ``state_dict``, its elements (a copy).
+    """
+
+    backend: str
+    skeleton: bytes
+    entries: tuple[TensorEntry, ...]
+    sources: list[str | None]
+    inline: dict[int, np.ndarray]
+
+
+@functools.cache
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of ``extract_tensors``' arrays for a tensor of ``dtype``.
+
+    numpy's own equivalent where it has one; for a dtype numpy lacks (``bfloat16``,
+    ``float8_*``, ``complex32``...), the unsigned integer of the same size (``uint16`` for
+    ``bfloat16``, ``uint8`` for ``float8``), whose elements are the tensor's raw bits:
+    ``torch.from_numpy(array).view(dtype)`` gives the tensor back, without a copy.
+    """
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        return np.dtype(f"u{dtype.itemsize}")
+
+
+def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array of :func:`numpy_dtype`, sharing its memory (CPU tensors)."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:  # a dtype numpy lacks: its raw bits, through the signed integer of its size
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+        return tensor.view(as_int).numpy().view(numpy_dtype(tensor.dtype))
+
+
+def _arrays(tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, np.ndarray]:
+    """Each tensor as a numpy array of its shape, viewing its memory (0.x's ``extract_tensors`` dict).
+
+    Arrays of dtypes numpy lacks hold the raw bits (see :func:`numpy_dtype`).
+    """
+    return OrderedDict((name, _numpy_view(tensor)) for name, tensor in tensors.items())
+
+
+def _state_dict(model: Any) -> dict[str, torch.Tensor]:
+    state = model.state_dict
+    return dict(state(keep_vars=True) if callable(state) else state)
+
+
+def _address(tensor: torch.Tensor) -> tuple[int, torch.dtype, tuple[int, ...], tuple[int, ...]]:
+    return tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())
+
+
+class _Span:
+    """The bytes an array's elements cover, as a ``uint8`` numpy view (keeps the array alive)."""
+
+    def __init__(self, array: np.ndarray, nbytes: int) -> None:
+        self.array = array
+        data = (array.ctypes.data, not array.flags.writeable)
+        self.__array_interface__ = {"data": data, "shape": (nbytes,), "typestr": "|u1", "version": 3}
+
+
+def _buffer_of(name: str, array: Any, entry: TensorEntry) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The bytes ``array`` covers (no copy) and its strides in elements, checked against ``entry``."""
+    expected = numpy_dtype(entry.dtype)
+    if not isinstance(array, np.ndarray) or array.dtype != expected or array.shape != entry.shape:
+        got = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__qualname__
+        raise UnsupportedModelError(
+            f"replace_tensors(): tensors[{name!r}] is {got}, but the model's tensor is {entry.dtype} of "
+            f"shape {entry.shape}, held as a numpy {expected} array. Pass the arrays extract_tensors() "
+            "returned, or arrays of the same shapes and dtypes."
+        )
+    itemsize = expected.itemsize
+    if any(stride < 0 or stride % itemsize for stride in array.strides):
+        array = np.ascontiguousarray(array)  # reversed or unaligned strides: torch cannot view them
+    nbytes = 0 if array.size == 0 else sum((n - 1) * s for n, s in zip(array.shape, array.strides)) + itemsize
+    return np.asarray(_Span(array, nbytes)), tuple(s // itemsize for s in array.strides)
+
+
 def _rebuild_extracted(model_bytes: bytes, tensors: Mapping[str, np.ndarray]) -> Any:
-    """The model :meth:`Family.extract_tensors` split, rebuilt by its backend."""
-    weightless: ModelPayload = pickle.loads(model_bytes)
-    table = weightless.table
-    payload = ModelPayload(
-        weightless.backend,
-        weightless.skeleton,
-        TensorTable(table.entries, tuple(tensors.values()), table.nbytes),
-    )
+    """The model :meth:`Family.extract_tensors` split, rebuilt by its backend around ``tensors``' arrays."""
+    extracted: _ExtractedModel = pickle.loads(model_bytes)
+    entries: list[TensorEntry] = []
+    buffers: list[np.ndarray] = []
+    for index, (entry, source) in enumerate(zip(extracted.entries, extracted.sources)):
+        if source is None:
+            array: Any = extracted.inline[index]
+        elif source in tensors:
+            array = tensors[source]
+        else:
+            raise UnsupportedModelError(
+                f"replace_tensors(): tensors has no {source!r}, which this model needs. Pass the whole "
+                "dictionary extract_tensors() returned."
+            )
+        buffer, stride = _buffer_of(source or f"tensor {index}", array, entry)
+        entries.append(replace(entry, storage=len(buffers), byte_offset=0, stride=stride))
+        buffers.append(buffer)
+    table = TensorTable(tuple(entries), tuple(buffers), sum(b.nbytes for b in buffers))
+    payload = ModelPayload(extracted.backend, extracted.skeleton, table)
     return get_backend(payload.backend).rebuild(payload, LoadOptions())
 
 
@@ -375,7 +501,7 @@ EAGER = Family("ray_zerocopy", "TaskWrapper", "ActorWrapper", jit=False)
 #: The TorchScript functions (``ray_zerocopy.jit``, ``.jit.invoke``, ``.jit.actor``).
 JIT = Family("ray_zerocopy.jit", "JITTaskWrapper", "JITActorWrapper", jit=True)
 
-# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor (the seed's functions).
+# Eager models: ray_zerocopy, ray_zerocopy.invoke, ray_zerocopy.actor (this project's first functions).
 rewrite_pipeline = EAGER.rewrite_pipeline
 prepare_model_for_actors = EAGER.prepare_model_for_actors
 load_model_in_actor = EAGER.load_model_in_actor
@@ -428,6 +554,7 @@ __all__ = [
     "load_pipeline_for_tasks",
     "load_pipeline_in_actor",
     "model_info_to_model_refs",
+    "numpy_dtype",
     "prepare_jit_model_for_actors",
     "prepare_model_for_actors",
     "prepare_pipeline",

@@ -47,6 +47,7 @@ from ray_zerocopy_core.checkpoint.subclasses import import_refused_torchao_class
 from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError
 from ray_zerocopy_core.memory import unmap_file_pages
 from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable
+from ray_zerocopy_core.representation import numel, round_up
 
 logger = logging.getLogger(__name__)
 
@@ -742,7 +743,7 @@ class ConversionSpool:
         if self._file is None:
             self._file = tempfile.TemporaryFile(dir=self._directory, prefix="ray-zerocopy-spool-")  # noqa: SIM115
         dtype = dtype or tensor.dtype
-        offset = -(-self._size // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        offset = round_up(self._size, mmap.ALLOCATIONGRANULARITY)
         nbytes = tensor.numel() * dtype.itemsize
         self._layout.append((offset, dtype, tuple(tensor.shape)))
         self._size = offset + nbytes
@@ -768,9 +769,7 @@ class ConversionSpool:
             self._mapping = mmap.mmap(self._file.fileno(), self._size, access=mmap.ACCESS_READ)
         views = []
         for offset, dtype, shape in self._layout:
-            nbytes = dtype.itemsize
-            for n in shape:
-                nbytes *= n
+            nbytes = dtype.itemsize * numel(shape)
             if nbytes == 0:
                 views.append(torch.empty(shape, dtype=dtype))
                 continue

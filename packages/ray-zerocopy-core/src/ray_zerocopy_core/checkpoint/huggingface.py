@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -112,7 +112,7 @@ class KeyConversion:
         except ImportError:  # transformers 4: no conversion machinery, keys as the files name them
             logger.debug("transformers has no conversion_mapping: checkpoint keys are used as they are")
             return cls(model, expected=expected, ignored_unexpected=ignored)
-        transforms = get_model_conversion_mapping(model)
+        transforms = get_model_conversion_mapping(cast(Any, model))  # a PreTrainedModel, typed as a Module here
         return cls(
             model,
             renamings=[t for t in transforms if isinstance(t, WeightRenaming)],

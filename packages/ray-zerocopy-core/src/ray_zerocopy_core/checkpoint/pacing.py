@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ray_zerocopy_core.memory import advise_pages
+from ray_zerocopy_core.representation import round_up
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class FilePacing:
                 start, end = max(low, mapping.start), min(high, mapping.end)
                 if start < end:
                     start -= start % mmap.PAGESIZE
-                    end = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
+                    end = round_up(end, mmap.PAGESIZE)
                     ranges.append((max(start, mapping.start), min(end, mapping.end), mapping))
         return ranges
 

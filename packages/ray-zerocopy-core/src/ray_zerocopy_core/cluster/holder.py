@@ -294,8 +294,8 @@ class NodeHolder:
                 if status["failed"]:
                     lost[node] = "its own copy failed"
                     continue
-                hopeful = hopeful or not status["complete"]  # starting, or still receiving
-                starting = starting or not status["serving"]
+                starting = starting or not status["serving"]  # its copy has not begun here yet
+                hopeful = hopeful or (status["serving"] and not status["complete"])  # still receiving
                 if status["serving"] and (status["have"] > position or position == 0):
                     candidates.append((status["children"], -status["have"], node, peer))
             candidates.sort(key=lambda candidate: candidate[:3])
@@ -306,7 +306,8 @@ class NodeHolder:
                     with contextlib.suppress(*PEER_GONE):
                         if ray.get(peer.attach.remote(key, limit), timeout=PEER_TIMEOUT_S):
                             return node, peer
-            if not hopeful or time.monotonic() > deadline:
+            waiting_for_starters = starting and time.monotonic() < crowd_deadline
+            if (not hopeful and not waiting_for_starters) or time.monotonic() > deadline:
                 gone = ", ".join(f"{node} ({why})" for node, why in lost.items()) or "none"
                 raise CopyFailed(
                     f"no node holds chunk {position} of this model any more to copy it to node {self._node}; "
