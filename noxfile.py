@@ -56,13 +56,15 @@ MATRIX: dict[str, tuple[str, str, str | None, str | None]] = {
     f"python{LOWEST['python']}": (LOWEST["python"], TORCH, NEWEST["ray"], None),
     f"python{NEWEST['python']}": (str(NEWEST["python"]), TORCH, NEWEST["ray"], None),
 }
-#: Leaves out the integration tests that need transformers, which the matrix does not
-#: install (its releases follow torch's): test_checkpoint.py is about transformers
-#: models, test_export has a Hugging Face Llama, and one example builds a BERT.
+#: Leaves out the integration tests that need transformers or torchao, which the matrix
+#: does not install (their releases follow torch's): test_checkpoint.py is about
+#: transformers models, test_export has a Hugging Face Llama, and one example builds a
+#: BERT; test_quantized.py, the quantized example and the quantization guide's code use torchao.
 WITHOUT_TRANSFORMERS = (
     "--ignore=tests_integration/test_checkpoint.py",
+    "--ignore=tests_integration/test_quantized.py",
     "-k",
-    "not hugging_face and not checkpoint_data_pipeline",
+    "not hugging_face and not checkpoint_data_pipeline and not quantized_actors and not quantization.md",
 )
 #: The integration tests CI runs at the lowest versions, a few minutes: both modes, Ray
 #: Data, published models (streaming generators, node affinity, the internal KV store),
@@ -72,6 +74,10 @@ FAST_INTEGRATION = tuple(
 )
 
 TEST_DEPS = ("pytest>=8", "psutil>=5.9")
+#: torchao for the quantized models (tests_integration/test_quantized.py, the example, the benchmark).
+#: 0.18.0 is the newest release and runs on torch 2.13's CPU build (int8, int4's CPU layout, float8);
+#: each torchao release is built for one torch release: pick its match to test another TORCH_VERSION.
+TORCHAO = "torchao==0.18.0"
 
 
 def interpreter(version: str) -> str:
@@ -172,8 +178,8 @@ def integration(session: nox.Session) -> None:
     install_project(session, extras="[jit,export]", ray_extras="data,serve")
     install_integration(session)
     # transformers: a Hugging Face model exported (test_export), checkpoints (test_checkpoint);
-    # auditwheel: core's wheel can be manylinux (test_packaging)
-    session.install("transformers", "auditwheel", "ray[data,serve]" + (f"=={RAY}" if RAY else ""))
+    # auditwheel: core's wheel can be manylinux (test_packaging); torchao: quantized models (test_quantized)
+    session.install("transformers", "auditwheel", TORCHAO, "ray[data,serve]" + (f"=={RAY}" if RAY else ""))
     run_pytest(session, "-m", "not slow", "tests_integration")
 
 
@@ -223,6 +229,14 @@ def bench_checkpoint(session: nox.Session) -> None:
     install_project(session)
     session.install("psutil>=5.9", "ray[default]", "transformers", "safetensors")
     session.run("python", "benchmarks/checkpoint.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def bench_quantized(session: nox.Session) -> None:
+    """A torchao int8 model in 4 actors: shared vs quantized per actor vs ``torch.load`` (``-- --help`` for flags)."""
+    install_project(session)
+    session.install("psutil>=5.9", "ray[default]", TORCHAO)
+    session.run("python", "benchmarks/quantized.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
 
 
 @nox.session

@@ -70,13 +70,14 @@ $ nox -s bench -- --quick           # a few minutes, small model, 2 actors
 $ nox -s bench -- --size 64,512 --actors 1,4 --methods zerocopy,ray_put
 $ nox -s bench_named                # named models switched by multiplexed replicas
 $ nox -s bench_checkpoint           # from checkpoint files; -- --scale-gib 10 for the scale point
+$ nox -s bench_quantized            # a torchao int8 model in 4 actors (needs torchao)
 $ nox -s bench_cluster              # as root: K Ray nodes over tc-limited links (-- --nodes 2,4,8)
 $ python benchmarks/docs_page.py    # regenerate this page from benchmarks/results/
 ```
 
 `nox -s demo` runs the short version: one 256 MiB model, 4 actors, ray-zerocopy against
 `ray.put`. Results land in `benchmarks/results/` (`results.md`, `results.json`, PNG plots;
-`multiplex.md`, `checkpoint.md` and `cluster.md` from the other sessions, added to this page).
+`multiplex.md`, `checkpoint.md`, `quantized.md` and `cluster.md` from the other sessions, added to this page).
 
 """
 
@@ -197,6 +198,17 @@ CI): a 10 GiB checkpoint loaded in 4 actors, with the peak node memory.
 `checkpoint-scale.md`: the floor and `Checkpoint` only (the plain PyTorch path would need
 about three times the weights, more than the machine has), then 4 actors load the stored model.
 """,
+    "quantized": """## Quantized models (`nox -s bench_quantized`)
+
+A stack of float32 `nn.Linear` layers quantized with torchao's `Int8WeightOnlyConfig`
+(int8 values plus per-row scales: about a quarter of the bytes), given to 4 actors that
+load at the same moment: ray-zerocopy (quantized once on the driver, `ActorWrapper`,
+`wrapper.load()`: the int8 values and scales map the object store), each actor quantizing
+its own copy (the float checkpoint mapped with `torch.load(mmap=True)`, then `quantize_`:
+what users do today) and `torch.load` of the quantized state dict in each actor. Node
+memory is the object store's growth plus every actor's private growth after its first
+forward, over the quantized bytes.
+""",
     "cluster": """## Every node at once over limited links (`nox -s bench_cluster`)
 
 K Ray nodes and a head, each in its own network namespace on one bridge, every link
@@ -224,7 +236,7 @@ def main(results_path: Path) -> None:
     before, after = body.split("## Models", 1)
     elapsed = f"{results['elapsed_s'] / 60:.0f} minutes" if results.get("elapsed_s") else "some minutes"
     page = INTRO.replace("{elapsed}", elapsed) + before + notes(results) + "## Models" + after
-    for stem, intro in SECTIONS.items():  # from `bench_named` / `bench_checkpoint` / `bench_cluster`, if they ran
+    for stem, intro in SECTIONS.items():  # from `bench_named`, `bench_checkpoint`, `bench_quantized`, `bench_cluster`
         other = results_path.parent / f"{stem}.md"
         if other.exists():
             page = page.rstrip("\n") + "\n\n" + intro + other.read_text().split("\n", 1)[1]

@@ -45,6 +45,7 @@ EXPECTED_OUTPUT = {
     "ray_data_actor_pool.py": "labelled 200 rows",
     "checkpoint_data_pipeline.py": "labelled 96 rows from a checkpoint",
     "plain_actors.py": "actors agree with the local model",
+    "quantized_actors.py": "3 quantized actors agree with the quantized model",
     "task_mode.py": "ran as Ray tasks",
     "multi_model_pipeline.py": "task mode: same labels",
     "torchscript_task_and_actor.py": "JITActorWrapper: 2 actors agree",

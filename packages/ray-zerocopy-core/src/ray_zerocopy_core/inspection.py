@@ -14,17 +14,23 @@ import os
 import torch
 
 from ray_zerocopy_core.memory import shared_memory_ranges
+from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable
 from ray_zerocopy_core.representation import round_up
 
 
 def aliases_object_store(tensor: torch.Tensor) -> bool:
     """Whether ``tensor``'s data lies in shared memory mapped by this process (no private copy).
 
+    For a tensor subclass stored as its inner tensors (a torchao quantized weight):
+    whether every inner tensor does.
+
     Example::
 
         model = wrapper.load()
         assert all(aliases_object_store(p) for p in model.parameters())
     """
+    if is_flattenable(tensor):
+        return all(aliases_object_store(inner) for inner in flatten_subclass(tensor)[0].values())
     address = tensor.data_ptr()
     return any(start <= address < end for start, end in shared_memory_ranges())
 

@@ -5,7 +5,9 @@ third party's) imports only this module from ``ray_zerocopy_core``. A backend sp
 one model into a weightless skeleton plus a :class:`TensorTable`
 (:func:`build_table` indexes the tensors without copying them), and rebuilds a model
 from a :class:`ModelPayload` (:func:`materialize` turns the table back into tensors the
-way the :class:`LoadOptions` ask: zero-copy and write-protected by default). A backend
+way the :class:`LoadOptions` ask: zero-copy and write-protected by default). Tensor
+subclasses with the traceable-subclass protocol (:func:`is_flattenable`) are stored as
+their inner tensors: :func:`split_tensors` does it for any picklable object. A backend
 whose skeleton names the places tensors go back to records them as slots
 (:class:`TensorSlot`; :func:`index_tensors` stores each tensor object once).
 
@@ -43,7 +45,7 @@ from torch import nn
 from ray_zerocopy_core.errors import UnsupportedModelError, ZeroCopyError
 from ray_zerocopy_core.loading import materialize
 from ray_zerocopy_core.options import LoadOptions
-from ray_zerocopy_core.pickling import join_tensors, split_tensors
+from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable, join_tensors, split_tensors
 from ray_zerocopy_core.representation import TensorEntry, TensorTable, build_table, check_shareable
 from ray_zerocopy_core.slots import TensorSlot, index_tensors
 
@@ -197,8 +199,10 @@ __all__ = [
     "build_table",
     "check_shareable",
     "finish_model",
+    "flatten_subclass",
     "index_tensors",
     "installed_version",
+    "is_flattenable",
     "join_tensors",
     "materialize",
     "open_payload",

@@ -113,13 +113,26 @@ def check_shareable(tensor: torch.Tensor, where: str) -> None:
         )
     if tensor.is_quantized:
         raise UnsupportedModelError(
-            f"{where} is a quantized tensor, which cannot be shared zero-copy. Wrap the "
-            "float model, or dequantize it first."
+            f"{where} is a quantized tensor of torch.ao.quantization ({tensor.dtype}), which cannot be "
+            "shared zero-copy: its kernels repack it into private memory in every process. Quantize the "
+            "float model with torchao instead (torchao.quantization.quantize_), whose weights share "
+            "zero-copy, or wrap the float model."
         )
     if type(tensor) not in PLAIN_TENSOR_TYPES:
+        cls = type(tensor)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        lacks = [m for m in ("__tensor_flatten__", "__tensor_unflatten__") if not callable(getattr(cls, m, None))]
+        if not lacks:
+            raise UnsupportedModelError(
+                f"{where} is a tensor subclass ({name}) given to build_table, which stores plain tensors "
+                "only. Flatten it into its inner tensors first: split_tensors does so for every subclass "
+                "that implements __tensor_flatten__ and __tensor_unflatten__."
+            )
         raise UnsupportedModelError(
-            f"{where} is a tensor subclass ({type(tensor).__qualname__}); only plain "
-            "tensors, Parameters and Buffers can be shared zero-copy."
+            f"{where} is a tensor subclass ({name}) without {' and '.join(lacks)}: only plain tensors and "
+            "subclasses that implement PyTorch's traceable-subclass protocol (__tensor_flatten__ and "
+            "__tensor_unflatten__, as torchao's quantized tensors do) can be shared zero-copy. Implement "
+            "the protocol, or replace the tensor by a plain one before wrapping."
         )
 
 

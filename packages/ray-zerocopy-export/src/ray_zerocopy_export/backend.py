@@ -11,6 +11,11 @@ become the skeleton: kilobytes, whatever the size of the weights. Every tensor g
 :class:`~ray_zerocopy_core.plugin.TensorTable` instead, once per tensor object, so
 tied weights are stored once and are one tensor again after loading.
 
+Tensor subclasses among the weights (torchao's quantized tensors, which ``torch.export``
+keeps as they are) are stored as their inner tensors: the skeleton holds them pickled
+without those tensors (core's ``split_tensors``), and rebuild unflattens them around the
+zero-copy inner tensors.
+
 Rebuild deserializes the skeleton with the zero-copy tensors given as the state dict
 and constants, so the program's weights, and those of the module that
 ``ep.module()`` builds from it, alias the object store. The rebuilt program is a
@@ -48,6 +53,7 @@ from ray_zerocopy_core.plugin import (
     build_table,
     finish_model,
     index_tensors,
+    is_flattenable,
     join_tensors,
     materialize,
     split_tensors,
@@ -90,6 +96,10 @@ class ProgramSkeleton:
             tensors follow the weights in the table), or ``None`` when not kept.
         example_tensors: how many table entries, after the weights, are example inputs.
         mutated: the weights the program writes in place when it runs (see :func:`mutated_weights`).
+        subclasses: the tensor subclasses among the weights (their positions in
+            :func:`find_slots`'s list are ``subclass_indices``), pickled without their inner
+            tensors by ``split_tensors``; their ``inner_tensors`` inner tensors follow the plain
+            weights in the table. ``None`` when there are none.
         modules: modules to import before deserializing (see :func:`pytree_modules`).
         torch_version: the torch version that wrote ``program``.
         format: :data:`SKELETON_FORMAT`.
@@ -100,6 +110,9 @@ class ProgramSkeleton:
     example_inputs: bytes | None = None
     example_tensors: int = 0
     mutated: list[str] = field(default_factory=list)
+    subclasses: bytes | None = None
+    subclass_indices: list[int] = field(default_factory=list)
+    inner_tensors: int = 0
     modules: list[str] = field(default_factory=list)
     torch_version: str = field(default_factory=lambda: torch.__version__)
     format: int = SKELETON_FORMAT
@@ -114,6 +127,9 @@ class ProgramSkeleton:
             "example_inputs": self.example_inputs,
             "example_tensors": self.example_tensors,
             "mutated": self.mutated,
+            "subclasses": self.subclasses,
+            "subclass_indices": self.subclass_indices,
+            "inner_tensors": self.inner_tensors,
             "modules": self.modules,
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
@@ -134,6 +150,9 @@ class ProgramSkeleton:
             example_inputs=state["example_inputs"],
             example_tensors=state["example_tensors"],
             mutated=state["mutated"],
+            subclasses=state.get("subclasses"),
+            subclass_indices=state.get("subclass_indices", []),
+            inner_tensors=state.get("inner_tensors", 0),
             modules=state["modules"],
             torch_version=state["torch_version"],
             format=state["format"],
@@ -222,11 +241,13 @@ def _check_program(program: ExportedProgram) -> None:
                     "load_state_dict(...), then torch.export.export), or load a saved program with "
                     "torch.export.load, and wrap that."
                 )
-            if type(value) not in _PLAIN_TENSORS:
+            if type(value) not in _PLAIN_TENSORS and not is_flattenable(value):
                 raise UnsupportedModelError(
-                    f"ExportedProgram.{where}[{name!r}] is a {type(value).__qualname__} (a tensor subclass, "
-                    "e.g. a fake tensor from exporting under FakeTensorMode); only real, dense tensors can "
-                    "be shared. Export the model with real weights."
+                    f"ExportedProgram.{where}[{name!r}] is a {type(value).__qualname__} (a tensor subclass "
+                    "without __tensor_flatten__ and __tensor_unflatten__, e.g. a fake tensor from exporting "
+                    "under FakeTensorMode); only real, dense tensors and subclasses that implement the "
+                    "traceable-subclass protocol (torchao's quantized tensors) can be shared. Export the model "
+                    "with real weights."
                 )
 
 
@@ -291,6 +312,21 @@ def find_slots(program: ExportedProgram) -> tuple[list[TensorSlot], list[tuple[s
         for where, named in (("state_dict", program.state_dict), ("constants", program.constants))
         for name, tensor in named.items()
     )
+
+
+def split_subclasses(
+    tensors: list[tuple[str, torch.Tensor]], indices: list[int]
+) -> tuple[bytes | None, list[tuple[str, torch.Tensor]]]:
+    """The tensor subclasses at ``indices`` of ``tensors`` pickled without their inner tensors, and those.
+
+    ``None`` and no tensors when there are none. The inner tensors are named after the
+    weight and their attribute path is not kept (the names serve error messages only).
+    """
+    if not indices:
+        return None, []
+    pickled, inner = split_tensors([tensors[i][1] for i in indices])
+    first = tensors[indices[0]][0]
+    return pickled, [(f"inner tensor {j} of the tensor subclasses (first: {first!r})", t) for j, t in enumerate(inner)]
 
 
 def _example_inputs(program: ExportedProgram) -> tuple[bytes | None, list[tuple[str, torch.Tensor]]]:
@@ -464,8 +500,11 @@ class ExportBackend(Backend):
         _deserializer()  # refuse here, on the driver, what no worker could rebuild
         _check_program(model)
         slots, tensors = find_slots(model)
+        subclass_indices = [i for i, (_, tensor) in enumerate(tensors) if is_flattenable(tensor)]
+        subclasses, inner = split_subclasses(tensors, subclass_indices)
+        plain = [named for i, named in enumerate(tensors) if i not in set(subclass_indices)]
         example_pickle, example_tensors = _example_inputs(model)
-        table = build_table([*tensors, *example_tensors])
+        table = build_table([*plain, *inner, *example_tensors])
         mutated = mutated_weights(model)
         skeleton = ProgramSkeleton(
             program=save_skeleton(model),
@@ -473,6 +512,9 @@ class ExportBackend(Backend):
             example_inputs=example_pickle,
             example_tensors=len(example_tensors),
             mutated=mutated,
+            subclasses=subclasses,
+            subclass_indices=subclass_indices,
+            inner_tensors=len(inner),
             modules=pytree_modules(model),
         ).to_bytes()
         if mutated:
@@ -502,10 +544,24 @@ class ExportBackend(Backend):
                 "statistics are not updated), or load a private copy with writable=True."
             )
         # torch.export's verifier requires parameters to be nn.Parameter, fast load or not.
-        parameters = {slot.index for slot in skeleton.slots if slot.is_parameter}
+        subclass_indices = set(skeleton.subclass_indices)
+        n_distinct = 1 + max((slot.index for slot in skeleton.slots), default=-1)
+        plain_indices = [i for i in range(n_distinct) if i not in subclass_indices]
+        table_index = {i: position for position, i in enumerate(plain_indices)}
+        parameters = {
+            table_index[slot.index] for slot in skeleton.slots if slot.is_parameter and slot.index in table_index
+        }
         tensors = materialize(payload.table, options, parameters=parameters)
-        n_weights = len(tensors) - skeleton.example_tensors
-        state_dict, constants = _rebuild_dicts(skeleton.slots, tensors[:n_weights])
+        weights: list[Any] = [None] * n_distinct
+        for i, position in table_index.items():
+            weights[i] = tensors[position]
+        n_plain = len(plain_indices)
+        if skeleton.subclasses is not None:
+            inner = tensors[n_plain : n_plain + skeleton.inner_tensors]
+            for i, subclass in zip(skeleton.subclass_indices, join_tensors(skeleton.subclasses, inner)):
+                weights[i] = subclass
+        n_weights = n_plain + skeleton.inner_tensors
+        state_dict, constants = _rebuild_dicts(skeleton.slots, weights)
         example_inputs: Any = None
         if skeleton.example_inputs is not None:
             example_inputs = join_tensors(skeleton.example_inputs, tensors[n_weights:])

@@ -10,6 +10,11 @@ sharded ``pytorch_model.bin.index.json``. :class:`CheckpointFiles` opens them:
 - ``torch.save``'d files are read with ``torch.load(mmap=True, weights_only=True)``,
   whose tensors are views of a mapping of the file, too.
 
+Quantized tensors (torchao's tensor subclasses) come whole from a ``torch.save``'d file,
+their inner tensors views of the file; in safetensors files torchao stores each one as
+its inner tensors plus a description in the header's metadata, and they are joined back
+(:mod:`ray_zerocopy_core.checkpoint.subclasses`).
+
 Reading such views goes through the page cache, which is shared and reclaimable: the
 process's private (anonymous) memory does not grow. :meth:`CheckpointFiles.close`
 unmaps everything and asks the kernel to drop the files' cached pages
@@ -38,8 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ray_zerocopy_core.checkpoint.subclasses import import_refused_torchao_class, join_flattened_subclasses
 from ray_zerocopy_core.errors import CheckpointError, CheckpointNotFoundError
 from ray_zerocopy_core.memory import unmap_file_pages
+from ray_zerocopy_core.pickling import flatten_subclass, is_flattenable
 from ray_zerocopy_core.representation import numel, round_up
 
 logger = logging.getLogger(__name__)
@@ -324,7 +331,9 @@ _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 _MAX_ELEMENTS = 2**63 - 1
 
 
-def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> list[HeaderEntry]:
+def parse_safetensors_header(
+    path: Path, raw_header: bytes, data_size: int, metadata: dict[str, str] | None = None
+) -> list[HeaderEntry]:
     """Check every field of a safetensors header (the JSON bytes) against a data section of ``data_size`` bytes.
 
     What the format requires is checked before any tensor is made: the header is a
@@ -343,6 +352,8 @@ def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> l
     store, byte for byte, 64-byte aligned there) or converted by torch's CPU kernels,
     which read unaligned memory correctly.
 
+    ``metadata``, when given, receives the header's ``__metadata__`` entries.
+
     Raises:
         CheckpointError: a field is missing, of the wrong type or out of range; the
             message names the file, the tensor and the field.
@@ -357,6 +368,8 @@ def parse_safetensors_header(path: Path, raw_header: bytes, data_size: int) -> l
     for key, info in header.items():
         if key == "__metadata__":
             _check_metadata(where, info, fix)
+            if metadata is not None and info:
+                metadata.update(info)
             continue
         entries.append(_header_entry(where, key, info, data_size, fix))
     entries.sort(key=lambda e: (e.begin, e.end))
@@ -454,8 +467,11 @@ def _header_entry(where: str, key: str, info: Any, data_size: int, fix: str) -> 
     return HeaderEntry(key, dtype, tuple(shape), begin, end)
 
 
-def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]:
-    """Check a safetensors file's header and every size in it, then yield a view of each tensor."""
+def _safetensors_tensors(path: Path, mapping: mmap.mmap, metadata: dict[str, str]) -> Iterator[FileTensor]:
+    """Check a safetensors file's header and every size in it, then yield a view of each tensor.
+
+    The header's ``__metadata__`` entries are added to ``metadata``.
+    """
     size = len(mapping)
     where = f"The safetensors file {str(path)!r}"
     if size < 8:
@@ -472,7 +488,7 @@ def _safetensors_tensors(path: Path, mapping: mmap.mmap) -> Iterator[FileTensor]
             "allows: the file is corrupted, or is not safetensors."
         )
     data_start = 8 + header_len
-    entries = parse_safetensors_header(path, bytes(mapping[8:data_start]), size - data_start)
+    entries = parse_safetensors_header(path, bytes(mapping[8:data_start]), size - data_start, metadata)
     for entry in entries:
         if entry.end == entry.begin:
             tensor = torch.empty(entry.shape, dtype=entry.dtype)
@@ -518,7 +534,7 @@ def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
             "Load it once with torch.load(weights_only=True) and save it again, or convert it to safetensors."
         )
     try:
-        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        loaded = _load_weights_only(path)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{where} cannot be read with torch.load(weights_only=True) ({_weights_only_reason(exc)}). It pickles "
@@ -545,6 +561,17 @@ def _torch_saved_tensors(path: Path) -> Iterator[FileTensor]:
         yield FileTensor(key, path, tensor)
 
 
+def _load_weights_only(path: Path) -> Any:
+    """``torch.load(mmap=True, weights_only=True)``, importing torchao's tensor classes it refuses (then allowed)."""
+    for _ in range(8):  # one retry per torchao module a file names; a handful at most
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not import_refused_torchao_class(str(exc)):
+                raise
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
 def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
     """The paragraph of torch's refusal that says what was refused (not its advice to turn the check off)."""
     for paragraph in str(exc).split("\n\n"):
@@ -557,13 +584,20 @@ def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
 def _check_saved_tensor(where: str, key: Any, tensor: Any) -> None:
     """A state dict entry: a string key and a plain, dense CPU tensor whose values are its bytes.
 
-    torch itself refuses sizes and strides that reach past a tensor's storage while it loads.
+    A tensor subclass with the traceable-subclass protocol (torchao's quantized tensors,
+    which ``weights_only`` loads) passes when each of its inner tensors does. torch itself
+    refuses sizes and strides that reach past a tensor's storage while it loads.
     """
     if not isinstance(key, str):
         raise CheckpointError(
             f"{where} holds a dict with the key {_short(key)} ({type(key).__qualname__}); a state dict's keys are "
             "strings. Save model.state_dict()."
         )
+    if is_flattenable(tensor):  # a quantized tensor of torchao, say: its inner tensors must pass
+        inner, _ = flatten_subclass(tensor)
+        for name, part in inner.items():
+            _check_saved_tensor(where, f"{key}.{name}", part)
+        return
     if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
         raise CheckpointError(
             f"{where} holds a {type(tensor).__qualname__} under {key!r}, not a tensor: it is not a state dict of "
@@ -597,6 +631,8 @@ class CheckpointFiles:
         layout = locate_files(Path(path))
         self.paths = layout.paths
         self.tensors: dict[str, FileTensor] = {}
+        #: The ``__metadata__`` of the safetensors files, merged (torchao describes its tensors there).
+        self.metadata: dict[str, str] = {}
         self._mappings: list[mmap.mmap] = []
         try:
             for file in self.paths:
@@ -609,6 +645,7 @@ class CheckpointFiles:
                     self.tensors[found.key] = found
             if layout.index is not None and layout.weight_map is not None:
                 check_index_matches(layout.index, layout.weight_map, self.tensors)
+            self.tensors = join_flattened_subclasses(self.tensors, self.metadata)
         except BaseException:
             self.close()
             raise
@@ -623,7 +660,7 @@ class CheckpointFiles:
                     )
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             self._mappings.append(mapping)
-            return _safetensors_tensors(file, mapping)
+            return _safetensors_tensors(file, mapping, self.metadata)
         if file.suffix in TORCH_SUFFIXES:
             return _torch_saved_tensors(file)
         raise CheckpointError(
@@ -638,7 +675,8 @@ class CheckpointFiles:
         page tables first, so the page cache can drop them all the same.
         """
         for found in self.tensors.values():
-            unmap_file_pages(found.tensor)
+            for part in plain_parts(found.tensor):
+                unmap_file_pages(part)
         self.tensors = {}
         for mapping in self._mappings:
             try:
@@ -653,6 +691,14 @@ class CheckpointFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``tensor`` itself, or the plain tensors a tensor subclass is made of (flattened recursively)."""
+    if not is_flattenable(tensor):
+        return [tensor]
+    inner, _ = flatten_subclass(tensor)
+    return [part for value in inner.values() for part in plain_parts(value)]
 
 
 def drop_page_cache(paths: list[Path]) -> None:

@@ -12,6 +12,11 @@
 Tensors that must be computed (``dtype`` conversion, transformers conversions that
 fuse or split tensors) are written one at a time to a temporary spool file and mapped
 back, so private memory never holds more than one of them.
+
+Quantized weights (torchao's tensor subclasses, as ``torch.save`` or ``save_pretrained``
+with a ``TorchAoConfig`` wrote them) are put into the module in place of its meta
+parameters before step 2, so the skeleton records them as subclasses and their inner
+tensors, views of the files, are stored like any weight.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ray_zerocopy_core.checkpoint.huggingface import KeyConversion, build_transf
 from ray_zerocopy_core.checkpoint.pacing import FilePacing
 from ray_zerocopy_core.errors import CheckpointError
 from ray_zerocopy_core.nn_backend import NNBackend, tensor_names
-from ray_zerocopy_core.plugin import ModelPayload, build_table
+from ray_zerocopy_core.plugin import ModelPayload, build_table, is_flattenable
 
 if TYPE_CHECKING:
     from ray_zerocopy_core.checkpoint import Checkpoint
@@ -130,6 +135,7 @@ class CheckpointReader:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
+        self._placed: set[str] = set()
         self._stack = contextlib.ExitStack()
         self._spool = ConversionSpool()
         self._stack.callback(self._spool.close)
@@ -155,6 +161,7 @@ class CheckpointReader:
 
     def payload(self) -> ModelPayload:
         """The model as the eager backend stores it, with the files' bytes in place of its tensors."""
+        self._placed = self._place_subclasses()
         skeleton, tensors = NNBackend().split(self.module)
         slots = self._slots(tensors)
         self._fill_from_files(slots)
@@ -177,6 +184,53 @@ class CheckpointReader:
 
     # --- the steps of payload() --------------------------------------------------------
 
+    def _place_subclasses(self) -> set[str]:
+        """Put each tensor subclass of the files (a quantized weight) into the module; the file keys placed.
+
+        The skeleton is taken after, so it records each subclass's type and context and its
+        inner tensors, views of the files, become table entries like any tensor. Every place
+        that held the built tensor (tied weights) gets the one subclass object.
+        """
+        placed: set[str] = set()
+        expected = self.module.state_dict(keep_vars=True)
+        for key, found in self.files.tensors.items():
+            if not is_flattenable(found.tensor):
+                continue
+            target, pattern = self.conversion.target(key) if self.conversion else (key, None)
+            where = f"{str(found.path)!r}"
+            kind = type(found.tensor).__qualname__
+            if pattern is not None:
+                raise CheckpointError(
+                    f"Tensor {key!r} in {where} is a quantized {kind}, but transformers converts it with others "
+                    f"into {target!r} (fusing or splitting their values), which quantized tensors do not allow. "
+                    "Quantize after the conversion: load the float checkpoint, quantize, and wrap the model."
+                )
+            built = expected.get(target)
+            if built is None:
+                continue  # not the model's: _fill_from_files reports it, or skips it with strict=False
+            if self.checkpoint.dtype is not None:
+                raise CheckpointError(
+                    f"The checkpoint {self.checkpoint} holds quantized tensors ({key!r} is a {kind}), whose dtype "
+                    f"cannot be converted while sharing, but dtype={self.checkpoint.dtype} was asked. Drop dtype= "
+                    "(the files' dtypes are kept), or quantize a model of that dtype and save it."
+                )
+            if tuple(found.tensor.shape) != tuple(built.shape) or found.tensor.dtype != built.dtype:
+                raise CheckpointError(
+                    f"Tensor {key!r} in {where} is a {kind} of shape {list(found.tensor.shape)} and dtype "
+                    f"{found.tensor.dtype}, but the model's {target!r} has shape {list(built.shape)} and dtype "
+                    f"{built.dtype}. The files belong to another configuration of the model: build the module "
+                    "with the configuration (and dtype) the checkpoint was saved from."
+                )
+            value: Any = (
+                nn.Parameter(found.tensor, requires_grad=False) if isinstance(built, nn.Parameter) else found.tensor
+            )
+            for module in self.module.modules():
+                for places in (module._parameters, module._buffers):
+                    for name in [name for name, held in places.items() if held is built]:
+                        places[name] = value
+            placed.add(key)
+        return placed
+
     def _slots(self, tensors: list[torch.Tensor]) -> list[_Slot]:
         return [
             _Slot(names, tensor, isinstance(tensor, nn.Parameter), persistent)
@@ -187,6 +241,8 @@ class CheckpointReader:
         by_name = {name: slot for slot in slots if slot.persistent for name in slot.names}
         unexpected: list[FileTensor] = []
         for key, found in self.files.tensors.items():
+            if key in self._placed:
+                continue
             target, pattern = self.conversion.target(key) if self.conversion else (key, None)
             if target not in by_name:
                 if not (self.conversion and self.conversion.is_ignored(key)):
