@@ -42,6 +42,11 @@ def test_chunks_keep_storage_order_and_a_large_storage_runs_alone() -> None:
     assert [i for chunk in plan for i in chunk] == list(range(len(storages)))
 
 
+def test_small_storages_between_large_ones_join_a_chunk_and_never_run_alone() -> None:
+    weights_and_biases = arrays(*[4 * MIB, 4096] * 3)  # an nn.Linear stack: each bias between two weights
+    assert store.plan_chunks(weights_and_biases, 2 * MIB) == ((0,), (1, 2), (3, 4, 5))
+
+
 class RecordedReading:
     """A SourceReading that records the calls the store makes."""
 

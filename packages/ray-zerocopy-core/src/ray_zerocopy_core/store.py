@@ -107,20 +107,29 @@ def chunk_bytes(total: int) -> int:
 
 
 def plan_chunks(storages: Sequence[np.ndarray], target: int) -> tuple[tuple[int, ...], ...]:
-    """Group storage indices, in order, into runs of about ``target`` bytes (a larger storage runs alone)."""
-    chunks: list[tuple[int, ...]] = []
+    """Group storage indices, in order, into runs of about ``target`` bytes.
+
+    A storage larger than ``target`` makes a chunk of its own, with the small storages
+    before it: a chunk is never a small remnant, which would cost a whole object's
+    minimum size (a bias between two large weights joins the next weight's chunk).
+    """
+    small = target // 4
+    chunks: list[list[int]] = []
     current: list[int] = []
     size = 0
     for index, storage in enumerate(storages):
         nbytes = round_up(int(storage.nbytes), 64)
-        if current and size + nbytes > target:
-            chunks.append(tuple(current))
+        if current and size + nbytes > target and size >= small:
+            chunks.append(current)
             current, size = [], 0
         current.append(index)
         size += nbytes
     if current:
-        chunks.append(tuple(current))
-    return tuple(chunks)
+        if chunks and size < small:
+            chunks[-1] += current  # a small remnant joins the chunk before it
+        else:
+            chunks.append(current)
+    return tuple(tuple(chunk) for chunk in chunks)
 
 
 def _format_bytes(n: float) -> str:

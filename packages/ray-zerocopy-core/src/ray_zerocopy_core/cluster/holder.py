@@ -209,6 +209,8 @@ class NodeHolder:
             for copy in copies.values():
                 for position in range(len(copy.chunks)):
                     self._add_chunk(copy, position, next(stream))
+            for surplus in stream:  # wait for the job's end: its files closed, their cache dropped
+                raise RuntimeError(f"the job streamed more than its models' chunks ({surplus})")
             for copy in copies.values():
                 self._finish(copy)
         except Exception as exc:
