@@ -59,8 +59,8 @@ def test_the_public_surface_is_what_users_call() -> None:
 def test_importing_defines_no_ray_actor_and_registers_nothing() -> None:
     """Importing has no side effects: a fresh interpreter imports every module and nothing is pickled by value."""
     code = (
-        "import ray_zerocopy, ray_zerocopy_core.named, ray_zerocopy_core.named.client, ray_zerocopy_core.named.directory,"
-        " ray_zerocopy_core.cluster, ray_zerocopy_core.cluster.holder, ray_zerocopy_core.cluster.directory;"
+        "import ray_zerocopy, ray_zerocopy_core.named.client, ray_zerocopy_core.named.directory,"
+        " ray_zerocopy_core.cluster.holder, ray_zerocopy_core.cluster.directory;"
         "from ray import cloudpickle;"
         "print(sorted(cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES))"
     )
