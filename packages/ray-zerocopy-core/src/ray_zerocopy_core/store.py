@@ -210,11 +210,7 @@ def fetch_stored(ref_or_value: Any) -> StoredModel:
     if isinstance(ref_or_value, ray.ObjectRef):
         try:
             value = ray.get(ref_or_value)
-        except (
-            ray.exceptions.OwnerDiedError,
-            ray.exceptions.ObjectLostError,
-            ray.exceptions.ObjectFetchTimedOutError,
-        ) as exc:
+        except _LOST as exc:
             raise _lost(exc) from exc
     else:
         value = ref_or_value
@@ -244,11 +240,7 @@ def fetch_payload(ref_or_value: Any) -> ModelPayload:
     index: ModelIndex = pickle.loads(head["index"])
     try:
         values = ray.get(list(head["chunks"]))
-    except (
-        ray.exceptions.OwnerDiedError,
-        ray.exceptions.ObjectLostError,
-        ray.exceptions.ObjectFetchTimedOutError,
-    ) as exc:
+    except _LOST as exc:
         raise _lost(exc) from exc
     storages: list[np.ndarray] = [np.empty(0, np.uint8)] * sum(len(c) for c in index.chunks)
     chunks = []
@@ -258,6 +250,10 @@ def fetch_payload(ref_or_value: Any) -> ModelPayload:
         chunks.append(TableChunk(positions, tuple(buffers)))
     table = TensorTable(index.entries, tuple(storages), index.nbytes, tuple(chunks))
     return ModelPayload(index.backend, index.skeleton, table, index.backend_locator)
+
+
+#: Ray's errors for an object whose owner or node is gone.
+_LOST = (ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError, ray.exceptions.ObjectFetchTimedOutError)
 
 
 def _lost(exc: BaseException) -> WeightsLostError:
