@@ -434,4 +434,4 @@ def test_torch_ao_dynamic_quantization_is_refused_with_the_torchao_route() -> No
     before = store_bytes_used()
     with pytest.raises(UnsupportedModelError, match=r"torch\.ao\.quantization.*Int8DynamicActivationInt8WeightConfig"):
         ActorWrapper(quantized)
-    assert store_bytes_used() == before
+    assert store_bytes_used() <= before  # nothing stored (an earlier test's objects may still be leaving)

@@ -310,7 +310,7 @@ class SharedPipeline:
     method_names: tuple[str, ...] = ()
     _models: dict[str, Callable[[], Any]] = field(default_factory=dict, repr=False, compare=False)
     copies: NodeCopies | None = None
-    _release_copies: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    _release_copies: weakref.finalize[..., Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def share(
@@ -445,7 +445,10 @@ class SharedPipeline:
     def release(self) -> None:
         """Drop this handle's references (and every node's copy); Ray frees the objects once no worker uses them."""
         if self._release_copies is not None:  # only the process that stored the models holds this
-            self._release_copies()
+            finalizer = self._release_copies.detach()
+            if finalizer is not None:
+                _, release_copies, _, _ = finalizer
+                release_copies(wait=True)  # the copies are gone from every node when this returns
         self.refs = {}
         self.nbytes = {}
 

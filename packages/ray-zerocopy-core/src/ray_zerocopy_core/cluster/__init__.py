@@ -26,7 +26,7 @@ from typing import Any
 import ray
 
 from ray_zerocopy_core.cluster.directory import remote_directory
-from ray_zerocopy_core.cluster.holder import CopyFailed
+from ray_zerocopy_core.cluster.holder import PEER_TIMEOUT_S, CopyFailed
 from ray_zerocopy_core.errors import InvalidOptionError, WeightsLostError
 
 logger = logging.getLogger(__name__)
@@ -166,11 +166,17 @@ class NodeCopies:
         ]
         return wait_for_copies(ray.get(calls), labels, nodes, progress, "The model")
 
-    def release(self) -> None:
-        """Drop every node's copy (the origin's objects go with the wrapper's refs); nothing once Ray is shut down."""
+    def release(self, wait: bool = False) -> None:
+        """Drop every node's copy (the origin's objects go with the wrapper's refs); nothing once Ray is shut down.
+
+        ``wait``: return once every holder has dropped its copy (an explicit ``release()``);
+        without it (the wrapper garbage-collected) the holders are only told.
+        """
         if ray.is_initialized():
             with contextlib.suppress(Exception):  # its directory may be gone already (the cluster shut down)
-                self.directory.release.remote(list(self.keys.values()))
+                released = self.directory.release.remote(list(self.keys.values()))
+                if wait:
+                    ray.get(released, timeout=PEER_TIMEOUT_S)
 
 
 def wait_for_copies(
