@@ -125,7 +125,8 @@ def run_pytest(session: nox.Session, *paths: str) -> None:
     test that would skip for a missing one fails instead.
     """
     env = {"PYTHONUNBUFFERED": "1", "RAY_ZEROCOPY_REQUIRE_ALL": "1"}
-    session.run("pytest", *(session.posargs or paths), env=env)
+    # --durations: the slowest tests in every log, to keep CI's time in view
+    session.run("pytest", "--durations=15", *(session.posargs or paths), env=env)
 
 
 @nox.session
