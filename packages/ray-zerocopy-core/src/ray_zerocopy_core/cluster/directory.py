@@ -45,6 +45,7 @@ class CopyDirectory:
         self._holder_options = {k: v for k, v in (holder_options or {}).items() if k != "scheduling_strategy"}
         self._holders: dict[str, Any] = {}  # node -> its holder
         self._copies: dict[str, dict[str, Any]] = {}  # key -> node -> the ObjectRef of its head there
+        self._parents: dict[str, dict[str, str]] = {}  # key -> node -> the node it was told to pull from
         self._lock = threading.RLock()
 
     def ready(self) -> str:
@@ -114,7 +115,26 @@ class CopyDirectory:
                 return future
             # Under the lock: a node asked for next sees this one among its peers (so nodes form a chain).
             peers = [(other, self._holders[other]) for other in copies if other != node and other in self._holders]
-            return self._record(key, node, self.holder(node).replicate.remote(key, peers))
+            parent = self._parent(key, [other for other, _ in peers])
+            if parent is not None:
+                self._parents.setdefault(key, {})[node] = parent
+            return self._record(key, node, self.holder(node).replicate.remote(key, peers, parent))
+
+    def _parent(self, key: str, candidates: list[str]) -> str | None:
+        """Which of ``candidates`` a new copy of ``key`` pulls from: the one serving the fewest copies still
+        being made, the latest to join among equals (a chain's tail); None if every one failed."""
+        copies = self._copies[key]
+        live = [node for node in candidates if not self._failed(copies[node])]
+        being_made = [child for child in self._parents.get(key, {}) if child in copies]
+        futures = [copies[child] for child in being_made]
+        done = set(ray.wait(futures, num_returns=len(futures), timeout=0)[0]) if futures else set()
+        serving = dict.fromkeys(live, 0)
+        for child in being_made:
+            parent = self._parents[key][child]
+            if parent in serving and copies[child] not in done:
+                serving[parent] += 1
+        order = {node: position for position, node in enumerate(copies)}
+        return min(live, key=lambda node: (serving[node], -order[node]), default=None)
 
     def _find(self, node: str) -> Any:
         """A detached group's holder on ``node`` if one runs there (None: none, its node is gone, not detached)."""
@@ -150,6 +170,8 @@ class CopyDirectory:
         """
         with self._lock:
             involved = {node for key in keys for node in self._copies.pop(key, {})} | set(nodes or ())
+            for key in keys:
+                self._parents.pop(key, None)
             handles = {
                 node: self._holders.get(node) or (self._find(node) if self._detached else None) for node in involved
             }

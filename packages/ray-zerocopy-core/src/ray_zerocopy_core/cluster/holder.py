@@ -21,12 +21,16 @@ the puller copies it into an object of its own, on its node, and drops it, which
 it on both nodes. Each node ends with one copy of each chunk, owned by its own holder:
 losing another node loses nothing here.
 
-Which peer: the puller asks each peer for its :meth:`NodeHolder.status` and attaches
-(:meth:`NodeHolder.attach`) to the one serving the fewest others among those that hold
-or are receiving the model, taking one that serves fewer than :data:`MAX_CHILDREN`
-when there is one. Nodes that arrive together so form a chain, whose every link carries
-the model once. If a peer dies midway, the puller attaches to another that already has
-the next chunk; if none has it, the copy fails, naming the nodes that were lost.
+Which peer: the directory (:mod:`.directory`) names one, its *parent*, when it starts the
+copy: the peer serving the fewest copies still being made, the latest to join among
+equals, so nodes that arrive together form a chain whose every link carries the model
+once. The puller attaches (:meth:`NodeHolder.attach`) to its parent, waiting for the
+parent's own copy to begin if it has not yet. Without a parent, or once the parent is
+lost, the puller asks each peer for its :meth:`NodeHolder.status` and attaches to the
+one serving the fewest others among those that hold the next chunk or are receiving the
+model, one that serves fewer than :data:`MAX_CHILDREN` first. If a peer dies midway,
+the puller so moves to another that already has the next chunk; if none has it, the
+copy fails, naming the nodes that were lost.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class NodeHolder:
             if copy is not None and copy.error is None:
                 return copy, False
             copy = self._copies[key] = _Copy()
+            self._changed.notify_all()  # a peer may wait to attach to this copy
             return copy, True
 
     def _set_meta(self, copy: _Copy, meta: dict[str, Any]) -> None:
@@ -224,16 +229,17 @@ class NodeHolder:
         return {"extra": first.get("extra"), "heads": {attr: copy.head for attr, copy in copies.items()}}
 
     @ray.method(concurrency_group=WAITING)
-    def replicate(self, key: str, peers: list[Peer]) -> Any:
+    def replicate(self, key: str, peers: list[Peer], parent: str | None = None) -> Any:
         """Make this node's copy of ``key`` from ``peers`` (holders that hold or receive it); return its head.
 
+        ``parent``: the node of ``peers`` to pull from first (others only if it is lost).
         Concurrent calls for one key make one copy. Raises :class:`CopyFailed`, naming
         what was lost, when no peer can give a chunk.
         """
         copy, mine = self._claim(key)
         if mine:
             try:
-                self._pull(key, copy, [peer for peer in peers if peer[0] != self._node])
+                self._pull(key, copy, [peer for peer in peers if peer[0] != self._node], parent)
             except Exception as exc:
                 message = str(exc) if isinstance(exc, CopyFailed) else f"{type(exc).__name__}: {exc}"
                 self._finish(copy, error=message)
@@ -241,11 +247,12 @@ class NodeHolder:
                 self._finish(copy)
         return self._wait(copy)
 
-    def _pull(self, key: str, copy: _Copy, peers: list[Peer]) -> None:
-        """Copy every chunk of ``key`` from peers, moving to another one when a peer dies."""
+    def _pull(self, key: str, copy: _Copy, peers: list[Peer], parent: str | None) -> None:
+        """Copy every chunk of ``key`` from ``parent``, or from other peers once it is lost."""
         lost: dict[str, str] = {}  # peer node -> why it was left
         while copy.meta is None or copy.have < len(copy.chunks):
-            node, peer = self._attach(key, peers, copy.have, lost)
+            attached = self._attach_parent(key, peers, parent, lost) if not copy.sources else None
+            node, peer = attached or self._attach(key, peers, copy.have, lost)
             copy.sources.append(node)
             try:
                 if copy.meta is None:
@@ -275,6 +282,17 @@ class NodeHolder:
             del value  # and now the local copy goes too
             self._add_chunk(copy, position, ref)
             position += 1
+
+    def _attach_parent(self, key: str, peers: list[Peer], parent: str | None, lost: dict[str, str]) -> Peer | None:
+        """``parent``'s peer, attached to once its copy of ``key`` has begun; None if it has none or is gone."""
+        for node, peer in peers:
+            if node == parent:
+                try:
+                    if ray.get(peer.attach.remote(key, None, CROWD_WAIT_S), timeout=CROWD_WAIT_S + PEER_TIMEOUT_S):
+                        return node, peer
+                except PEER_GONE as exc:
+                    lost[node] = type(exc).__name__
+        return None
 
     def _attach(self, key: str, peers: list[Peer], position: int, lost: dict[str, str]) -> Peer:
         """A peer that holds chunk ``position`` (at the start: one that holds or receives the model), attached to.
@@ -336,9 +354,14 @@ class NodeHolder:
                 "failed": copy is not None and copy.error is not None,
             }
 
-    def attach(self, key: str, limit: int | None) -> bool:
-        """Count one more peer pulling ``key`` from here, if fewer than ``limit`` do (always with None)."""
+    @ray.method(concurrency_group=WAITING)
+    def attach(self, key: str, limit: int | None, wait_s: float = 0.0) -> bool:
+        """Count one more peer pulling ``key`` from here, if fewer than ``limit`` do (always with None).
+
+        ``wait_s``: how long to wait for this node's copy of ``key`` to begin if it has not.
+        """
         with self._changed:
+            self._changed.wait_for(lambda: key in self._copies, timeout=wait_s)
             copy = self._copies.get(key)
             if copy is None or copy.error is not None or (limit is not None and copy.children >= limit):
                 return False
