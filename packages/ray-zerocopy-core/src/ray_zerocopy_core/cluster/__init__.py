@@ -131,16 +131,23 @@ class NodeCopies:
         """Copies on demand for models just stored here, or None on a single-node cluster (or with
         ``RAY_ZEROCOPY_NODE_COPIES=0``).
 
-        Nothing is copied, nor waited for, until another node loads the models: the
-        directory and a holder on every node start in the background (once per process),
-        and the models stored here become this node's copies as they are the first time a
-        copy is asked for.
+        Nothing is copied until another node loads the models. The directory and a holder
+        on every node are started (once per process) and waited for here, so that a first
+        load elsewhere does not wait for a process to start; the models stored here become
+        this node's copies as they are the first time a copy is asked for.
         """
         nodes = alive_nodes()
         if os.environ.get(NODE_COPIES_ENV, "1") == "0" or len(nodes) < 2:
             return None
         directory = job_directory()
-        directory.start_holders.remote(nodes)  # so that a first load elsewhere does not wait for one to start
+        running = ray.get(directory.start_holders.remote(nodes))
+        if len(running) < len(nodes):
+            logger.warning(
+                "node holders of %d of %d nodes still start after %.0f s; a load there waits for its holder",
+                len(nodes) - len(running),
+                len(nodes),
+                PEER_TIMEOUT_S,
+            )
         return cls(directory, this_node(), {attr: ref.hex() for attr, ref in refs.items()})
 
     def head(self, attr: str, origin_ref: ray.ObjectRef) -> ray.ObjectRef:

@@ -70,10 +70,12 @@ class CopyDirectory:
                 self._holders[node] = handle
             return handle
 
-    def start_holders(self, nodes: list[str]) -> None:
-        """Start a holder on each of ``nodes`` that has none (in the background: nothing waits for them)."""
-        for node in nodes:
-            self.holder(node)
+    def start_holders(self, nodes: list[str]) -> list[str]:
+        """Start a holder on each of ``nodes`` that has none; return the nodes whose holder runs, once they
+        do (waiting at most :data:`~.holder.PEER_TIMEOUT_S` for the others)."""
+        answers = [self.holder(node).node.remote() for node in nodes]
+        running, _ = ray.wait(answers, num_returns=len(answers), timeout=holders.PEER_TIMEOUT_S)
+        return list(ray.get(running))
 
     def _record(self, key: str, node: str, future: Any) -> Any:
         with self._lock:

@@ -276,6 +276,9 @@ class NodeHolder:
                 asked.append(peer.export_chunk.remote(key, following))
                 following += 1
             transient = asked.popleft()
+            # Fetched by ray.wait: a ray.get alone of a finished call's value on another node at
+            # times waits a whole second (Ray asks its node again once a second) before it moves.
+            ray.wait([transient], fetch_local=True, timeout=STALL_TIMEOUT_S)
             value = ray.get(transient, timeout=STALL_TIMEOUT_S)
             del transient  # the peer's object goes now; the local copy stays mapped while ``value`` lives
             ref = ray.put(value)
