@@ -16,11 +16,9 @@ The chunk size is about 1/64 of the model, between :data:`MIN_CHUNK_BYTES` and
 of K nodes fills in about one transfer time (the last node waits K chunk times more than
 the first) and that the chunks in flight add little to a node's store; large enough
 that each costs little: every chunk is a Ray object and a few calls between holders,
-about a fifth of a second over a busy link, which is why the floor is 4 MiB (measured
-over 200 Mbit/s links, a 64 MiB model to one node: 15.5 s in 1 MiB chunks, 5.6 s in
-4 MiB chunks). A storage
-A storage
-larger than a chunk is a chunk of its own, so a model made of a few huge tensors
+which is why the floor is 4 MiB (measured over 200 Mbit/s links, a 64 MiB model to a
+chain of 2 and of 8 nodes: 3.7 s and 9.1 s in 1 MiB chunks, 3.4 s and 7.5 s in 4 MiB
+chunks). A storage larger than a chunk is a chunk of its own, so a model made of a few huge tensors
 pipelines more coarsely.
 
 The process that puts the objects owns them (Ray's ownership model): they live while

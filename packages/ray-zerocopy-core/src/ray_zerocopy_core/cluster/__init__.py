@@ -90,14 +90,15 @@ def resolve(future: Any, what: str) -> Any:
         raise lost(exc, what) from exc
 
 
-#: This process's directory for its wrappers, per Ray session (GCS address and job id) it was made in.
-_directories: dict[tuple[str, str], Any] = {}
+#: This process's directory for its wrappers, per Ray session it was made in: GCS address, job id and
+#: this process's node id (a new cluster may reuse the address and the job id, never a node id).
+_directories: dict[tuple[str, str, str], Any] = {}
 
 
 def job_directory() -> Any:
     """This process's directory for its wrappers (created on first use; it and its holders end with this process)."""
     context = ray.get_runtime_context()
-    session = (str(context.gcs_address), context.get_job_id())
+    session = (str(context.gcs_address), context.get_job_id(), context.get_node_id())
     directory = _directories.get(session)
     if directory is None:
         strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(this_node(), soft=True)

@@ -160,6 +160,11 @@ class CopyDirectory:
             return True
         return False
 
+    def parents(self, key: str) -> dict[str, str]:
+        """Each node that copied ``key`` from a peer, and the peer it was told to pull from."""
+        with self._lock:
+            return dict(self._parents.get(key, {}))
+
     def nodes(self, key: str) -> list[str]:
         """The nodes that hold or receive ``key``."""
         with self._lock:
