@@ -47,14 +47,15 @@ NEWEST = {name: new for name, (_, new) in SUPPORTED.items()}
 #: The interpreter of the local CPU torch wheel (2.13.0, cp311) and of the newest pair.
 DEFAULT_PYTHON = "3.11"
 
-#: The ``tests_matrix`` sessions by id, ``(python, torch, ray, numpy)``: every lowest
-#: version together, the newest torch with the newest Ray, and the default torch on the
-#: lowest and the newest Python (``None``: the newest release pip finds).
-MATRIX: dict[str, tuple[str, str, str | None, str | None]] = {
-    "lowest": (LOWEST["python"], LOWEST["torch"], LOWEST["ray"], LOWEST["numpy"]),
-    "newest": (DEFAULT_PYTHON, str(NEWEST["torch"]), NEWEST["ray"], None),
-    f"python{LOWEST['python']}": (LOWEST["python"], TORCH, NEWEST["ray"], None),
-    f"python{NEWEST['python']}": (str(NEWEST["python"]), TORCH, NEWEST["ray"], None),
+#: The ``tests_matrix`` sessions by id, ``(python, torch, ray, numpy, integration)``: every
+#: lowest version together and the newest torch with the newest Ray, each with every
+#: integration test but transformers'; the default torch on the lowest and the newest
+#: Python, with the fast subset CI runs (``None``: the newest release pip finds).
+MATRIX: dict[str, tuple[str, str, str | None, str | None, str]] = {
+    "lowest": (LOWEST["python"], LOWEST["torch"], LOWEST["ray"], LOWEST["numpy"], "all"),
+    "newest": (DEFAULT_PYTHON, str(NEWEST["torch"]), NEWEST["ray"], None, "all"),
+    f"python{LOWEST['python']}": (LOWEST["python"], TORCH, NEWEST["ray"], None, "fast"),
+    f"python{NEWEST['python']}": (str(NEWEST["python"]), TORCH, NEWEST["ray"], None, "fast"),
 }
 #: Leaves out the integration tests that need transformers or torchao, which the matrix
 #: does not install (their releases follow torch's): test_checkpoint.py is about
@@ -139,19 +140,23 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 @nox.parametrize(
-    ("python", "torch", "ray", "numpy"),
-    [(interpreter(python), torch, ray, numpy) for python, torch, ray, numpy in MATRIX.values()],
+    ("python", "torch", "ray", "numpy", "scope"),
+    [(interpreter(python), torch, ray, numpy, scope) for python, torch, ray, numpy, scope in MATRIX.values()],
     ids=list(MATRIX),
 )
-def tests_matrix(session: nox.Session, torch: str, ray: str | None, numpy: str | None) -> None:
-    """Unit tests, and integration tests but transformers', at supported versions: ``nox -s "tests_matrix(lowest)"``."""
+def tests_matrix(session: nox.Session, torch: str, ray: str | None, numpy: str | None, scope: str) -> None:
+    """Unit tests and integration tests (all but transformers', or the fast subset) at supported versions:
+    ``nox -s "tests_matrix(lowest)"``."""
     install_project(session, torch=torch, ray=ray, numpy=numpy, extras="[jit,export]", ray_extras="data,serve")
     install_integration(session)
     if session.posargs:
         run_pytest(session)
         return
     run_pytest(session, *UNIT_TESTS)
-    run_pytest(session, "-m", "not slow", *WITHOUT_TRANSFORMERS, "tests_integration")
+    if scope == "fast":
+        run_pytest(session, "-m", "not slow", "-k", "not hugging_face", *FAST_INTEGRATION)
+    else:
+        run_pytest(session, "-m", "not slow", *WITHOUT_TRANSFORMERS, "tests_integration")
 
 
 @nox.session(python=interpreter(LOWEST["python"]))
