@@ -62,9 +62,10 @@ def start_cluster() -> tuple[Cluster, list[Any]]:
         initialize_head=True,
         head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
     )
+    # Connect while the head is the only node: Ray 2.40 may attach a driver to any raylet of its IP.
+    ray.init(address=cluster.address, logging_level="ERROR")
     nodes = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(NODES)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
     return cluster, nodes
 
 
@@ -224,7 +225,8 @@ def test_files_read_on_each_node_put_no_weights_on_the_publishing_node(
     assert used[head] - before[head] < MIB, used  # read on each node: nothing crossed to, or stayed on, the head
     nbytes = weight_bytes(make_model(7))
     assert all(nbytes <= used[node] - before[node] <= 1.1 * nbytes for node in readers), used
-    outputs = ray.get([loaded_on(node, "from-files").call.remote(X) for node in readers], timeout=300)
+    actors = [loaded_on(node, "from-files") for node in readers]
+    outputs = ray.get([actor.call.remote(X) for actor in actors], timeout=300)
     assert all(torch.equal(output, expected(7)) for output in outputs)
     unpublish("from-files")
 

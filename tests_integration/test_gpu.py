@@ -81,7 +81,8 @@ def test_gpu_copy_is_private_and_writable(ray_gpu: None) -> None:
     tokens = torch.randint(0, 1000, (2, 8))
     with torch.no_grad():
         assert torch.equal(ray.get(reader.run.remote(tokens)), model(tokens))
-    assert ray.get(GpuHolder.remote(wrapper, device="cuda:0").facts.remote())["devices"] == {"cuda:0"}
+    holder = GpuHolder.remote(wrapper, device="cuda:0")
+    assert ray.get(holder.facts.remote())["devices"] == {"cuda:0"}
 
 
 def test_task_mode_on_the_gpu(ray_gpu: None) -> None:

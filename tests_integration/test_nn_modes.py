@@ -206,7 +206,8 @@ def test_legacy_task_and_actor_functions_warn_and_work(lm: TiedLM) -> None:
         def call(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.model(tokens)
 
-    assert torch.equal(ray.get(Old.remote(model_ref).call.remote(tokens)), lm(tokens))
+    old = Old.remote(model_ref)
+    assert torch.equal(ray.get(old.call.remote(tokens)), lm(tokens))
     with pytest.warns(DeprecationWarning, match="ActorWrapper"):
         direct = ray_zerocopy.load_model_in_actor(model_ref)  # the ObjectRef itself
     assert torch.equal(direct(tokens), lm(tokens))

@@ -73,7 +73,8 @@ def test_dropping_one_of_two_loads_keeps_the_other_read_only(second_options: dic
         ray.get(holder.write_through_second.remote(), timeout=60)
     assert_stopped_by_a_weight_write(pid)
     assert torch.equal(ray.get(reader.apply.remote(first_weight_copy)), original)
-    assert torch.equal(ray.get(Loaded.remote(wrapper).apply.remote(first_weight_copy)), original)
+    fresh = Loaded.remote(wrapper)
+    assert torch.equal(ray.get(fresh.apply.remote(first_weight_copy)), original)
     ray.kill(reader)
 
 

@@ -73,7 +73,8 @@ def test_actor_loads_the_plugin_model_zero_copy(toy_backend: Any) -> None:
         def query(self, name: str, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
             return self.lookup(name, ids), all(aliases_object_store(t) for t in self.lookup.tables.values())
 
-    result, aliased = ray.get(Server.remote(ActorWrapper(lookup)).query.remote("items", ids))
+    server = Server.remote(ActorWrapper(lookup))
+    result, aliased = ray.get(server.query.remote("items", ids))
     assert torch.equal(result, lookup("items", ids)) and aliased
 
 

@@ -17,9 +17,9 @@ Pulling chunk ``i`` from a peer is a call to the peer's :meth:`NodeHolder.export
 which waits until the peer holds chunk ``i``: a node forwards the chunks it has while it
 receives the rest, so a chain of nodes fills in about one transfer time. The value the
 call returns is a transient object owned by the puller and created on the peer's node;
-the puller copies it into an object of its own, on its node, and drops it, which frees
-it on both nodes. Each node ends with one copy of each chunk, owned by its own holder:
-losing another node loses nothing here.
+the puller copies it into an object of its own, on its node, and deletes it from both
+nodes' stores (:func:`drop_everywhere`). Each node ends with one copy of each chunk,
+owned by its own holder: losing another node loses nothing here.
 
 Which peer: the directory (:mod:`.directory`) names one, its *parent*, when it starts the
 copy: the peer serving the fewest copies still being made, the latest to join among
@@ -81,6 +81,21 @@ Peer = tuple[str, Any]
 
 class CopyFailed(RuntimeError):
     """This node's copy could not be made; the message says what was lost."""
+
+
+def drop_everywhere(transient: Any) -> None:
+    """Delete ``transient`` (an object this process owns) from every node's store now.
+
+    Dropping the last reference frees the object on the node that made it, but the copy
+    fetched to this node can stay behind as cached bytes until the store needs the room:
+    on Ray 2.40, after the peer's node died, such copies were seen there a minute later.
+    Ray's ``free`` deletes every copy; on a Ray without it, the reference is only dropped.
+    """
+    try:
+        from ray._private.internal_api import free
+    except ImportError:
+        return
+    free([transient], local_only=False)
 
 
 @dataclass
@@ -280,9 +295,10 @@ class NodeHolder:
             # times waits a whole second (Ray asks its node again once a second) before it moves.
             ray.wait([transient], fetch_local=True, timeout=STALL_TIMEOUT_S)
             value = ray.get(transient, timeout=STALL_TIMEOUT_S)
-            del transient  # the peer's object goes now; the local copy stays mapped while ``value`` lives
             ref = ray.put(value)
-            del value  # and now the local copy goes too
+            del value
+            drop_everywhere(transient)
+            del transient
             self._add_chunk(copy, position, ref)
             position += 1
 
