@@ -114,8 +114,10 @@ def install_project(
 def install_integration(session: nox.Session) -> None:
     """What the integration tests use besides the project and Ray."""
     # hatchling: sdist->wheel (test_packaging); the toy backend and the example plugin: test_third_party_backend
-    # tomli: tomllib for Python 3.10 (test_packaging)
-    session.install(*TEST_DEPS, "safetensors", "matplotlib", "hatchling", "tomli; python_version < '3.11'")
+    # tomli: tomllib for Python 3.10; auditwheel: core's wheel can be manylinux (both test_packaging)
+    session.install(
+        *TEST_DEPS, "safetensors", "matplotlib", "hatchling", "auditwheel", "tomli; python_version < '3.11'"
+    )
     session.install("--no-deps", "tests_integration/fixtures/toy-backend", "examples/custom_backend")
 
 
@@ -184,8 +186,8 @@ def integration(session: nox.Session) -> None:
     install_project(session, extras="[jit,export]", ray_extras="data,serve")
     install_integration(session)
     # transformers: a Hugging Face model exported (test_export), checkpoints (test_checkpoint);
-    # auditwheel: core's wheel can be manylinux (test_packaging); torchao: quantized models (test_quantized)
-    session.install("transformers", "auditwheel", TORCHAO, "ray[data,serve]" + (f"=={RAY}" if RAY else ""))
+    # torchao: quantized models (test_quantized)
+    session.install("transformers", TORCHAO, "ray[data,serve]" + (f"=={RAY}" if RAY else ""))
     run_pytest(session, "-m", "not slow", "tests_integration")
 
 
