@@ -17,9 +17,9 @@ Pulling chunk ``i`` from a peer is a call to the peer's :meth:`NodeHolder.export
 which waits until the peer holds chunk ``i``: a node forwards the chunks it has while it
 receives the rest, so a chain of nodes fills in about one transfer time. The value the
 call returns is a transient object owned by the puller and created on the peer's node;
-the puller copies it into an object of its own, on its node, and deletes it from both
-nodes' stores (:func:`drop_everywhere`). Each node ends with one copy of each chunk,
-owned by its own holder: losing another node loses nothing here.
+the puller copies it into an object of its own, on its node, and drops it
+(:func:`drop_everywhere`), which frees it on both nodes. Each node ends with one copy of
+each chunk, owned by its own holder: losing another node loses nothing here.
 
 Which peer: the directory (:mod:`.directory`) names one, its *parent*, when it starts the
 copy: the peer serving the fewest copies still being made, the latest to join among
@@ -84,18 +84,21 @@ class CopyFailed(RuntimeError):
 
 
 def drop_everywhere(transient: Any) -> None:
-    """Delete ``transient`` (an object this process owns) from every node's store now.
+    """Drop ``transient`` (an object this process owns), deleting it from every node's store now where Ray can.
 
     Dropping the last reference frees the object on the node that made it, but the copy
     fetched to this node can stay behind as cached bytes until the store needs the room:
     on Ray 2.40, after the peer's node died, such copies were seen there a minute later.
-    Ray's ``free`` deletes every copy; on a Ray without it, the reference is only dropped.
+    Ray releases that have ``ray._private.internal_api.free`` (2.40 has it, 2.60 no longer)
+    delete every copy with it; on the others the reference is only dropped.
     """
     try:
-        from ray._private.internal_api import free
+        from ray._private import internal_api
     except ImportError:
         return
-    free([transient], local_only=False)
+    free = getattr(internal_api, "free", None)
+    if free is not None:
+        free([transient], local_only=False)
 
 
 @dataclass
