@@ -101,7 +101,8 @@ def job_directory() -> Any:
     session = (str(context.gcs_address), context.get_job_id(), context.get_node_id())
     directory = _directories.get(session)
     if directory is None:
-        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(this_node(), soft=True)
+        # On this node only (soft affinity may place it elsewhere, whose loss would lose every copy)
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(this_node(), soft=False)
         group = f"process-{uuid.uuid4().hex[:12]}"
         directory = (
             remote_directory()
