@@ -18,8 +18,8 @@ the first) and that the chunks in flight add little to a node's store; large eno
 that each costs little: every chunk is a Ray object and a few calls between holders,
 which is why the floor is 4 MiB (measured over 200 Mbit/s links, a 64 MiB model to a
 chain of 2 and of 8 nodes: 3.7 s and 9.1 s in 1 MiB chunks, 3.4 s and 7.5 s in 4 MiB
-chunks). A storage larger than a chunk is a chunk of its own, so a model made of a few huge tensors
-pipelines more coarsely.
+chunks). A storage larger than a chunk is a chunk of its own, so a model made of a few
+huge tensors pipelines more coarsely.
 
 The process that puts the objects owns them (Ray's ownership model): they live while
 their owner holds a reference, and loads fail with
