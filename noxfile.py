@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 import nox
+from packaging.version import Version
 
 nox.options.sessions = ["lint", "typecheck", "tests", "integration"]
 nox.options.reuse_existing_virtualenvs = True
@@ -39,7 +40,7 @@ UNIT_TESTS = tuple(f"{p}/tests" for p in PACKAGES)
 SUPPORTED: dict[str, tuple[str, str | None]] = {
     "python": ("3.10", "3.13"),
     "torch": ("2.4.0", "2.14.1"),
-    "ray": ("2.40.0", "2.60.0"),
+    "ray": ("2.46.0", "2.60.0"),
     "numpy": ("1.23.2", None),
 }
 LOWEST = {name: low for name, (low, _) in SUPPORTED.items()}
@@ -74,7 +75,7 @@ FAST_INTEGRATION = tuple(
     f"tests_integration/{name}.py" for name in ("test_nn_modes", "test_named", "test_compat_0x_functions")
 )
 
-TEST_DEPS = ("pytest>=8", "psutil>=5.9")
+TEST_DEPS = ("pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9")
 #: torchao for the quantized models (tests_integration/test_quantized.py, the example, the benchmark).
 #: 0.18.0 is the newest release and runs on torch 2.13's CPU build (int8, int4's CPU layout, float8);
 #: each torchao release is built for one torch release: pick its match to test another TORCH_VERSION.
@@ -106,6 +107,8 @@ def install_project(
     pins += [f"numpy=={numpy}"] if numpy is not None else []
     if numpy is not None and int(numpy.split(".")[0]) < 2:
         pins.append("pyarrow<26")  # pyarrow 26 (Ray Data's) needs numpy 2 without declaring it
+    if ray is not None and Version(ray) < Version("2.56.1"):
+        pins.append("protobuf<7")  # Serve before 2.56.1 reads FieldDescriptor.label, which protobuf 7 removed
     if pins:
         session.install(*pins)
     session.install("-e", PACKAGES[0], "-e", PACKAGES[1], "-e", PACKAGES[3], "-e", f"{PACKAGES[2]}{extras}", *pins)

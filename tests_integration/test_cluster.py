@@ -62,7 +62,7 @@ def start_cluster() -> tuple[Cluster, list[Any]]:
         initialize_head=True,
         head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
     )
-    # Connect while the head is the only node: Ray 2.40 may attach a driver to any raylet of its IP.
+    # Connect while the head is the only node: Ray (2.40 at least) may attach a driver to any raylet of its IP.
     ray.init(address=cluster.address, logging_level="ERROR")
     nodes = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(NODES)]
     cluster.wait_for_nodes()

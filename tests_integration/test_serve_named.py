@@ -2,13 +2,15 @@
 
 The deploy and query steps are ``examples/serve_named_models.py`` run as separate
 driver processes against this module's cluster, as a user would run two scripts. The
-multiplexing test deploys from this driver. Replicas are small (a quarter CPU each) and
+multiplexing test deploys from this driver; another deploy script runs small tasks of its
+own while Serve starts its replicas (what crashes Ray 2.38-2.45: the Ray floor). Replicas are small (a quarter CPU each) and
 few, because the whole suite shares two cores.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +136,73 @@ def test_multiplexing_switches_among_six_published_models(serve_teardown: None) 
         serve.delete("multiplexer")
         for model_id in MODEL_IDS:
             unpublish(model_id, missing_ok=True)
+
+
+@serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.25})
+class ByName:
+    """Loads a published model by name in its constructor; answers with its output."""
+
+    def __init__(self, name: str) -> None:
+        self.model = load_published(name)
+        self.aliased = all(aliases_object_store(p) for p in self.model.parameters())
+
+    def __call__(self, features: list[float]) -> tuple[list[float], bool]:
+        with torch.no_grad():
+            return self.model(torch.tensor([features]))[0].tolist(), self.aliased
+
+
+BUSY_DEPLOY_SCRIPT = """
+    import threading
+    import time
+
+    import ray
+    from ray import serve
+    from test_serve_named import Builder, ByName
+    from ray_zerocopy import publish
+
+    ray.init(logging_level="ERROR")  # RAY_ADDRESS names the test's cluster
+    publish("busy-deployer", Builder(7))
+
+    @ray.remote(num_cpus=0.1)
+    def tick() -> int:
+        return 0
+
+    stop = threading.Event()
+
+    def keep_busy() -> None:  # this job's own small tasks, running while Serve starts replicas
+        while not stop.is_set():
+            ray.get(tick.remote())
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=keep_busy)
+    thread.start()
+    try:
+        serve.run(ByName.bind("busy-deployer"), name="busy-deployer", route_prefix=None)
+    finally:
+        stop.set()
+        thread.join()
+    print("deployed")
+    ray.shutdown()
+"""
+
+
+def test_deploy_script_running_its_own_tasks_deploys(serve_teardown: None, one_thread: None, tmp_path: Path) -> None:
+    """A deploy script that runs tasks of its own while Serve starts the replicas that load its model.
+
+    Ray 2.38-2.45 may give such a replica (a task of Serve's controller, another job) an
+    idle worker of the deploy script's job, and the raylet then aborts
+    (``worker_pool.cc: Check failed: worker->GetAssignedJobId()...``): the reason for the
+    Ray floor of 2.46.0. The tasks keep this job's workers idle often enough to hit it.
+    """
+    script = tmp_path / "busy_deployer.py"
+    script.write_text(textwrap.dedent(BUSY_DEPLOY_SCRIPT))
+    try:
+        assert "deployed" in run_driver(script, timeout=STEP_TIMEOUT_S, label="busy deploy script")
+        handle = serve.get_app_handle("busy-deployer")
+        with torch.no_grad():
+            expected = Builder(7)()(torch.tensor([FEATURES]))[0].tolist()
+        answers = [ref.result(timeout_s=60) for ref in [handle.remote(FEATURES) for _ in range(6)]]
+        assert answers == [(expected, True)] * 6
+    finally:
+        serve.delete("busy-deployer")
+        unpublish("busy-deployer", missing_ok=True)

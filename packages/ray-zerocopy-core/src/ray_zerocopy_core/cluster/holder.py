@@ -89,7 +89,7 @@ def drop_everywhere(transient: Any) -> None:
     Dropping the last reference frees the object on the node that made it, but the copy
     fetched to this node can stay behind as cached bytes until the store needs the room:
     on Ray 2.40, after the peer's node died, such copies were seen there a minute later.
-    Ray releases that have ``ray._private.internal_api.free`` (2.40 has it, 2.60 no longer)
+    Ray releases that have ``ray._private.internal_api.free`` (up to 2.58; 2.59 removed it)
     delete every copy with it; on the others the reference is only dropped.
     """
     try:
