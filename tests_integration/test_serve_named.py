@@ -2,9 +2,9 @@
 
 The deploy and query steps are ``examples/serve_named_models.py`` run as separate
 driver processes against this module's cluster, as a user would run two scripts. The
-multiplexing test deploys from this driver; another deploy script runs small tasks of its
-own while Serve starts its replicas (what crashes Ray 2.38-2.45: the Ray floor). Replicas are small (a quarter CPU each) and
-few, because the whole suite shares two cores.
+multiplexing test deploys from this driver; another deploy script runs small tasks of
+its own while Serve starts its replicas (what crashes Ray 2.38-2.45: the Ray floor).
+Replicas are small (a quarter CPU each) and few, because the whole suite shares two cores.
 """
 
 from __future__ import annotations
