@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,14 @@ def run_driver(path: Path, *args: str, timeout: float, label: str) -> str:
     )
     assert done.returncode == 0, f"{label} exited with {done.returncode}:\n{done.stdout[-6000:]}"
     return done.stdout
+
+
+def run_driver_code(code: str, directory: Path, label: str, timeout: float) -> str:
+    """Run ``code`` (dedented, between ``ray.init`` and ``ray.shutdown``) as a second driver; return its output.
+
+    The script is written to ``directory`` as ``label``.py and run by :func:`run_driver`.
+    """
+    script = directory / f"{label}.py"
+    header = "import ray\nray.init(logging_level='ERROR')\n"  # RAY_ADDRESS names the test's cluster
+    script.write_text(header + textwrap.dedent(code) + "\nray.shutdown()\n")
+    return run_driver(script, timeout=timeout, label=f"driver {label}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,10 +115,7 @@ def cleanup() -> Iterator[list[str]]:
 
 def run_driver(code: str, tmp_path: Path, label: str) -> str:
     """Run ``code`` as a second driver connected to this cluster; return its output."""
-    script = tmp_path / f"{label}.py"
-    header = "import ray\nray.init(logging_level='ERROR')\n"  # RAY_ADDRESS names this cluster
-    script.write_text(header + textwrap.dedent(code) + "\nray.shutdown()\n")
-    return scripts.run_driver(script, timeout=SUBPROCESS_TIMEOUT_S, label=f"driver {label}")
+    return scripts.run_driver_code(code, tmp_path, label, timeout=SUBPROCESS_TIMEOUT_S)
 
 
 def test_published_model_outlives_its_driver_and_loads_anywhere(tmp_path: Path, cleanup: list[str]) -> None:

@@ -10,7 +10,6 @@ Replicas are small (a quarter CPU each) and few, because the whole suite shares 
 from __future__ import annotations
 
 import importlib.util
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import ray
 import torch
 from ray import serve
-from scripts import run_driver
+from scripts import run_driver, run_driver_code
 from torch import nn
 
 from ray_zerocopy import aliases_object_store, list_published, load_published, publish, unpublish
@@ -155,12 +154,10 @@ BUSY_DEPLOY_SCRIPT = """
     import threading
     import time
 
-    import ray
     from ray import serve
     from test_serve_named import Builder, ByName
     from ray_zerocopy import publish
 
-    ray.init(logging_level="ERROR")  # RAY_ADDRESS names the test's cluster
     publish("busy-deployer", Builder(7))
 
     @ray.remote(num_cpus=0.1)
@@ -182,7 +179,6 @@ BUSY_DEPLOY_SCRIPT = """
         stop.set()
         thread.join()
     print("deployed")
-    ray.shutdown()
 """
 
 
@@ -194,10 +190,8 @@ def test_deploy_script_running_its_own_tasks_deploys(serve_teardown: None, one_t
     (``worker_pool.cc: Check failed: worker->GetAssignedJobId()...``): the reason for the
     Ray floor of 2.46.0. The tasks keep this job's workers idle often enough to hit it.
     """
-    script = tmp_path / "busy_deployer.py"
-    script.write_text(textwrap.dedent(BUSY_DEPLOY_SCRIPT))
     try:
-        assert "deployed" in run_driver(script, timeout=STEP_TIMEOUT_S, label="busy deploy script")
+        assert "deployed" in run_driver_code(BUSY_DEPLOY_SCRIPT, tmp_path, "busy_deployer", timeout=STEP_TIMEOUT_S)
         handle = serve.get_app_handle("busy-deployer")
         with torch.no_grad():
             expected = Builder(7)()(torch.tensor([FEATURES]))[0].tolist()
